@@ -1,0 +1,1 @@
+"""bitfold.backends — see DESIGN.md."""

@@ -1,0 +1,1 @@
+"""bitfold.codegen — see DESIGN.md."""

@@ -1,0 +1,1 @@
+"""bitfold's intermediate representation: number formats, custom ops, graph capture."""

@@ -1,0 +1,144 @@
+"""bitfold's custom operators, registered with ``torch.library`` in the ``bitfold`` namespace.
+
+They are the vocabulary every pass and backend speaks. Each has an eager implementation
+(built on :mod:`bitfold.ir.formats`) and a fake implementation, so a graph holding them
+traces through ``torch.export`` and runs in eager mode.
+
+``bitfold::fake_quantize(x, fmt, scale, axis, group_size, zero_point) -> Tensor``
+    ``fmt.quantize(x, scale, axis, group_size, zero_point)``. ``scale=None`` is allowed for
+    block formats (MX, NVFP4), whose block scales are computed from ``x`` at run time.
+
+``bitfold::quantized_linear(x, packed_weight, fmt, out_features, in_features, weight_scale,
+group_size, weight_zero_point, input_shift, bias) -> Tensor``
+    ``y = (x · 2^-input_shift) @ Ŵᵀ + bias`` with ``Ŵ = decode(unpack(packed_weight))``, an
+    ``[out_features, in_features]`` matrix whose codes are packed row-major by
+    :func:`bitfold.ir.formats.pack`. ``weight_scale`` is per output channel (shape ``[N]``)
+    or, with ``group_size``, per group of input channels (shape ``[N, ceil(K / group_size)]``).
+    ``input_shift`` (integers, shape ``[K]``) is LLM-FP4's pre-shifted exponent bias: the
+    activation's channel ``j`` arrives multiplied by ``2^k_j`` and weight column ``j`` carries
+    the compensating ``2^-k_j``, applied exactly on the activation side (O(K) work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from bitfold.ir import formats
+from bitfold.ir.formats import BlockFormat, Format
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A linear layer's weight in a low-bit format: packed codes plus their scales."""
+
+    packed: torch.Tensor
+    fmt: str
+    out_features: int
+    in_features: int
+    scale: torch.Tensor
+    group_size: Optional[int] = None
+    zero_point: Optional[torch.Tensor] = None
+
+    def unpack(self) -> torch.Tensor:
+        """The dequantized ``[out_features, in_features]`` float32 weight."""
+        return unpack_weight(
+            self.packed, self.fmt, self.out_features, self.in_features, self.scale, self.group_size, self.zero_point
+        )
+
+
+def _weight_layout(fmt: Format, group_size: Optional[int]) -> dict:
+    if isinstance(fmt, BlockFormat):
+        return {"axis": 1, "group_size": fmt.block_size}
+    if group_size is None:
+        return {"axis": 0, "group_size": None}
+    return {"axis": 1, "group_size": group_size}
+
+
+def pack_weight(
+    weight: torch.Tensor,
+    fmt: str,
+    scale: torch.Tensor,
+    group_size: Optional[int] = None,
+    zero_point: Optional[torch.Tensor] = None,
+    name: str = "weight",
+) -> PackedWeight:
+    """Encode and pack a ``[N, K]`` weight (per-channel scale ``[N]`` or per-group ``[N, K/g]``)."""
+    f = formats.get(fmt)
+    if weight.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D [out_features, in_features] weight, got shape {tuple(weight.shape)}")
+    codes = f.encode(weight, scale, zero_point=zero_point, name=name, **_weight_layout(f, group_size))
+    return PackedWeight(
+        formats.pack(codes, f.bits), f.name, weight.shape[0], weight.shape[1],
+        torch.as_tensor(scale, dtype=torch.float32), group_size, zero_point,
+    )
+
+
+def unpack_weight(
+    packed: torch.Tensor,
+    fmt: str,
+    out_features: int,
+    in_features: int,
+    scale: torch.Tensor,
+    group_size: Optional[int] = None,
+    zero_point: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The float32 ``[out_features, in_features]`` weight held by ``packed``."""
+    f = formats.get(fmt)
+    codes = formats.unpack(packed, f.bits, out_features * in_features).reshape(out_features, in_features)
+    return f.decode(codes, scale, zero_point=zero_point, **_weight_layout(f, group_size))
+
+
+@torch.library.custom_op("bitfold::fake_quantize", mutates_args=())
+def fake_quantize(
+    x: torch.Tensor,
+    fmt: str,
+    scale: Optional[torch.Tensor] = None,
+    axis: Optional[int] = None,
+    group_size: Optional[int] = None,
+    zero_point: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    f = formats.get(fmt)
+    if scale is None and not isinstance(f, BlockFormat):
+        raise ValueError(f"bitfold::fake_quantize: format {f.name} needs a scale (only block formats compute their own)")
+    if isinstance(f, BlockFormat):
+        return f.quantize(x, scale, -1 if axis is None else axis, group_size, zero_point)
+    return f.quantize(x, scale, axis, group_size, zero_point)
+
+
+@fake_quantize.register_fake
+def _(x, fmt, scale=None, axis=None, group_size=None, zero_point=None):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("bitfold::quantized_linear", mutates_args=())
+def quantized_linear(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    fmt: str,
+    out_features: int,
+    in_features: int,
+    weight_scale: torch.Tensor,
+    group_size: Optional[int] = None,
+    weight_zero_point: Optional[torch.Tensor] = None,
+    input_shift: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"bitfold::quantized_linear: input has {x.shape[-1]} features, the weight expects {in_features}"
+        )
+    w = unpack_weight(packed_weight, fmt, out_features, in_features, weight_scale, group_size, weight_zero_point)
+    xf = x.to(torch.float32)
+    if input_shift is not None:
+        xf = torch.ldexp(xf, -input_shift.to(device=x.device, dtype=torch.int32))
+    y = torch.nn.functional.linear(xf, w.to(x.device), None if bias is None else bias.to(torch.float32))
+    return y.to(x.dtype)
+
+
+@quantized_linear.register_fake
+def _(x, packed_weight, fmt, out_features, in_features, weight_scale, group_size=None,
+      weight_zero_point=None, input_shift=None, bias=None):
+    return x.new_empty((*x.shape[:-1], out_features))

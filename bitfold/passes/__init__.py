@@ -1,0 +1,1 @@
+"""bitfold.passes — see DESIGN.md."""

@@ -1,0 +1,1 @@
+"""bitfold.recipes — see DESIGN.md."""
