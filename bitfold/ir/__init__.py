@@ -1,1 +1,13 @@
-"""bitfold's intermediate representation: number formats, custom ops, graph capture."""
+"""bitfold's intermediate representation.
+
+Number formats (:mod:`bitfold.ir.formats`), the custom ops (:mod:`bitfold.ir.ops`), capture
+into the canonical FX form (:func:`from_torch`, :func:`from_onnx`), a networkx view for
+analyses (:class:`GraphView`) and a readable summary (:func:`summarize`).
+"""
+
+from bitfold.ir import formats, ops
+from bitfold.ir.capture import CaptureError, from_torch
+from bitfold.ir.graph_view import GraphView
+from bitfold.ir.summary import summarize
+
+__all__ = ["CaptureError", "GraphView", "formats", "from_torch", "ops", "summarize"]

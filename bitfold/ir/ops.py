@@ -17,12 +17,17 @@ group_size, weight_zero_point, input_shift, bias) -> Tensor``
     ``input_shift`` (integers, shape ``[K]``) is LLM-FP4's pre-shifted exponent bias: the
     activation's channel ``j`` arrives multiplied by ``2^k_j`` and weight column ``j`` carries
     the compensating ``2^-k_j``, applied exactly on the activation side (O(K) work).
+
+``bitfold::fused_linear(x, weight, bias, activation)`` and ``bitfold::fused_conv2d(x, weight,
+bias, stride, padding, dilation, groups, activation)``
+    A linear / 2-D convolution with its bias and elementwise activation (``relu``, ``gelu``,
+    ``silu``…, or ``none``) in one node: the pattern that backends lower to one kernel.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -142,3 +147,61 @@ def quantized_linear(
 def _(x, packed_weight, fmt, out_features, in_features, weight_scale, group_size=None,
       weight_zero_point=None, input_shift=None, bias=None):
     return x.new_empty((*x.shape[:-1], out_features))
+
+
+def _apply_activation(y: torch.Tensor, activation: str) -> torch.Tensor:
+    fn = _ACTIVATIONS.get(activation)
+    if fn is None:
+        raise ValueError(f"unknown fused activation {activation!r}; known: {', '.join(sorted(_ACTIVATIONS))}")
+    return fn(y)
+
+
+_ACTIVATIONS = {
+    "none": lambda y: y,
+    "relu": torch.relu,
+    "gelu": torch.nn.functional.gelu,
+    "gelu_tanh": lambda y: torch.nn.functional.gelu(y, approximate="tanh"),
+    "silu": torch.nn.functional.silu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "hardswish": torch.nn.functional.hardswish,
+    "hardsigmoid": torch.nn.functional.hardsigmoid,
+    "relu6": torch.nn.functional.relu6,
+}
+FUSABLE_ACTIVATIONS = tuple(sorted(_ACTIVATIONS))
+
+
+@torch.library.custom_op("bitfold::fused_linear", mutates_args=())
+def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+    """``activation(x @ weightᵀ + bias)``: the linear pattern backends consume."""
+    return _apply_activation(torch.nn.functional.linear(x, weight, bias), activation)
+
+
+@fused_linear.register_fake
+def _(x, weight, bias, activation):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("bitfold::fused_conv2d", mutates_args=())
+def fused_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    activation: str,
+) -> torch.Tensor:
+    """``activation(conv2d(x, weight, bias, ...))``: the conv pattern backends consume."""
+    y = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return _apply_activation(y, activation)
+
+
+@fused_conv2d.register_fake
+def _(x, weight, bias, stride, padding, dilation, groups, activation):
+    n, _, h, w = x.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return x.new_empty((n, weight.shape[0], oh, ow))

@@ -1,0 +1,81 @@
+"""Which nodes of a canonical graph bitfold can quantize, and why the others stay float.
+
+One classification serves the ``mark_quantizable`` pass, the graph summary and the report:
+
+========================  ==============  =====================================================
+node                      kind            decision
+========================  ==============  =====================================================
+linear / fused_linear     ``linear``      quantizable when its weight is a constant
+conv / fused_conv2d       ``conv``        quantizable when its weight is a constant
+matmul of 2 activations   ``act_matmul``  quantizable (attention QKᵀ and PV)
+embedding                 ``embedding``   quantizable (weight only, per row)
+bitfold quantized ops     ``quantized``   already quantized
+norms, softmax, adds, …   —               float, with the reason
+========================  ==============  =====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import fx
+
+from bitfold.ir import ops  # noqa: F401  (registers the bitfold ops)
+from bitfold.ir.graph_utils import attr_value
+from bitfold.ir.op_groups import ACTIVATIONS, ADD, CONV, EMBEDDING, LINEAR, MATMUL, NORMS, SOFTMAX, VIEWS
+
+aten = torch.ops.aten
+_FUSED_LINEAR = {torch.ops.bitfold.fused_linear.default}
+_FUSED_CONV = {torch.ops.bitfold.fused_conv2d.default}
+_QUANTIZED = {torch.ops.bitfold.quantized_linear.default, torch.ops.bitfold.fake_quantize.default}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a node is quantizable, as what kind of layer, and the reason."""
+
+    kind: Optional[str]
+    quantizable: bool
+    reason: str
+
+
+def _op_name(node: fx.Node) -> str:
+    target = node.target
+    return getattr(target, "__name__", str(target)).replace(".default", "")
+
+
+def classify(gm: fx.GraphModule, node: fx.Node) -> Optional[Decision]:
+    """The decision for ``node``; ``None`` for graph inputs, constants and the output."""
+    if node.op != "call_function":
+        return None
+    target = node.target
+    if target in LINEAR | CONV | _FUSED_LINEAR | _FUSED_CONV:
+        kind = "linear" if target in LINEAR | _FUSED_LINEAR else "conv"
+        if attr_value(gm, node.args[1]) is None:
+            return Decision(kind, False, "its weight is computed at run time, not a constant")
+        return Decision(kind, True, f"{kind} layer with a constant weight")
+    if target in MATMUL:
+        a, b = node.args[0], node.args[1]
+        if attr_value(gm, a) is None and attr_value(gm, b) is None:
+            return Decision("act_matmul", True, "matmul between two activations (e.g. attention)")
+        return Decision("linear", False, "matmul with a constant operand: run FuseBias to make it a linear")
+    if target in EMBEDDING:
+        if attr_value(gm, node.args[0]) is None:
+            return Decision("embedding", False, "its table is computed at run time")
+        return Decision("embedding", True, "embedding table (weight-only, per row)")
+    if target in _QUANTIZED:
+        return Decision("quantized", False, "already a bitfold quantized op")
+    if target in NORMS:
+        return Decision(None, False, "normalization stays float (statistics are precision-sensitive)")
+    if target in SOFTMAX:
+        return Decision(None, False, "softmax stays float (exponentials of small differences)")
+    if target in ADD and all(isinstance(a, fx.Node) and attr_value(gm, a) is None for a in node.args[:2]):
+        return Decision(None, False, "residual/elementwise add of two activations stays float")
+    if target in ACTIVATIONS:
+        return Decision(None, False, "elementwise activation: no weights to quantize")
+    if target in VIEWS or target in (aten.permute.default, aten.transpose.int, aten.expand.default,
+                                     aten.slice.Tensor, aten.select.int, aten.cat.default):
+        return Decision(None, False, "data movement: no arithmetic to quantize")
+    return Decision(None, False, f"{_op_name(node)}: no weights, stays float")
