@@ -154,16 +154,16 @@ class FloatFormat(Format):
         return torch.copysign(self._round_magnitude(y.abs()), y)
 
     def _encode(self, y: torch.Tensor, zero_point: Optional[torch.Tensor]) -> torch.Tensor:
+        # A normal grid value's float32 bits hold its code: the top M mantissa bits and the
+        # exponent, re-biased. Subnormal codes are integer multiples of the smallest step.
         M = self.mantissa_bits
         a = self._round_magnitude(y.abs())
-        e = (a.view(torch.int32) >> 23) - 127
-        normal = e >= self.min_exponent
-        p = torch.where(normal, e, torch.full_like(e, self.min_exponent))
-        mant = (a * _pow2(M - p)).to(torch.int32)
-        field = torch.where(normal, e + self.bias, torch.zeros_like(e))
-        mant = torch.where(normal, mant - 2**M, mant)
-        sign = torch.signbit(y).to(torch.int32) << (self.exponent_bits + M)
-        return sign | (field << M) | mant
+        bits = a.view(torch.int32)
+        normal = bits >= ((self.min_exponent + 127) << 23)
+        normal_code = (bits >> (23 - M)) - ((127 - self.bias) << M)
+        subnormal_code = (a * 2.0 ** (M - self.min_exponent)).to(torch.int32)
+        code = torch.where(normal, normal_code, subnormal_code)
+        return code | (torch.signbit(y).to(torch.int32) << (self.exponent_bits + M))
 
 
 def parse_exmy(name: str) -> Optional[FloatFormat]:

@@ -27,6 +27,17 @@ def packed_size(numel: int, bits: int) -> int:
     return -(-numel * bits // 8)
 
 
+def _pack_byte_aligned(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """1-, 2- and 4-bit codes: whole codes per byte, combined in uint8 without widening."""
+    per = 8 // bits
+    n = codes.numel()
+    padded = torch.nn.functional.pad(codes, (0, -n % per)).view(-1, per)
+    out = padded[:, 0].clone()
+    for j in range(1, per):
+        out |= padded[:, j] << (bits * j)
+    return out
+
+
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer ``codes`` (any shape, flattened in row-major order) into a uint8 tensor."""
     _check_bits(bits)
@@ -42,6 +53,8 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     n = flat.numel()
     if bits == 8:
         return flat.to(torch.uint8).clone()
+    if 8 % bits == 0:
+        return _pack_byte_aligned(flat.to(torch.uint8), bits)
     # Eight codes fill exactly `bits` bytes, so pack in groups of eight through an int64 word.
     groups = -(-n // 8)
     padded = torch.zeros(groups * 8, dtype=torch.int64, device=flat.device)
@@ -65,6 +78,11 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         raise FormatError(f"unpack: {numel} codes of {bits} bits need {need} bytes, got {flat.numel()}")
     if bits == 8:
         return flat[:numel].clone()
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = torch.arange(per, device=flat.device, dtype=torch.uint8) * bits
+        codes = (flat[:need].unsqueeze(1) >> shifts) & (2**bits - 1)
+        return codes.reshape(-1)[:numel].contiguous()
     groups = -(-numel // 8)
     padded = torch.zeros(groups * bits, dtype=torch.int64, device=flat.device)
     padded[:need] = flat[:need].to(torch.int64)
