@@ -8,6 +8,7 @@ analyses (:class:`GraphView`) and a readable summary (:func:`summarize`).
 from bitfold.ir import formats, ops
 from bitfold.ir.capture import CaptureError, from_torch
 from bitfold.ir.graph_view import GraphView
+from bitfold.ir.onnx_import import OnnxImportError, from_onnx
 from bitfold.ir.summary import summarize
 
-__all__ = ["CaptureError", "GraphView", "formats", "from_torch", "ops", "summarize"]
+__all__ = ["CaptureError", "GraphView", "OnnxImportError", "formats", "from_onnx", "from_torch", "ops", "summarize"]

@@ -80,9 +80,12 @@ def from_torch(
     was_training = model.training
     model.eval()
     try:
-        exported = torch.export.export(
-            model, args, kwargs=example_kwargs, dynamic_shapes=dynamic_shapes, strict=strict
-        )
+        # Under no_grad, code such as a @torch.no_grad rotary embedding traces to plain ATen
+        # ops instead of a set_grad_enabled region with a nested submodule.
+        with torch.no_grad():
+            exported = torch.export.export(
+                model, args, kwargs=example_kwargs, dynamic_shapes=dynamic_shapes, strict=strict
+            )
     except Exception as err:  # torch.export raises many unrelated types
         message = str(err).strip()
         first_line = message.splitlines()[0] if message else type(err).__name__

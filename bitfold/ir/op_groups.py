@@ -32,6 +32,8 @@ ACTIVATIONS = {
     aten.hardsigmoid.default: "hardsigmoid",
     aten.relu6.default: "relu6",
 }
+#: Activations that are only fusable for some arguments (clamp(0, 6) is relu6).
+CLAMPS = frozenset({aten.clamp.default, aten.hardtanh.default})
 
 #: Ops that only move or relabel data (no arithmetic) when their arguments say so.
 VIEWS = frozenset({

@@ -24,7 +24,7 @@ from torch import fx
 
 from bitfold.ir import ops  # noqa: F401  (registers the bitfold ops)
 from bitfold.ir.graph_utils import attr_value
-from bitfold.ir.op_groups import ACTIVATIONS, ADD, CONV, EMBEDDING, LINEAR, MATMUL, NORMS, SOFTMAX, VIEWS
+from bitfold.ir.op_groups import ACTIVATIONS, ADD, CLAMPS, CONV, EMBEDDING, LINEAR, MATMUL, NORMS, SOFTMAX, VIEWS
 
 aten = torch.ops.aten
 _FUSED_LINEAR = {torch.ops.bitfold.fused_linear.default}
@@ -73,7 +73,7 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> Optional[Decision]:
         return Decision(None, False, "softmax stays float (exponentials of small differences)")
     if target in ADD and all(isinstance(a, fx.Node) and attr_value(gm, a) is None for a in node.args[:2]):
         return Decision(None, False, "residual/elementwise add of two activations stays float")
-    if target in ACTIVATIONS:
+    if target in ACTIVATIONS or target in CLAMPS:
         return Decision(None, False, "elementwise activation: no weights to quantize")
     if target in VIEWS or target in (aten.permute.default, aten.transpose.int, aten.expand.default,
                                      aten.slice.Tensor, aten.select.int, aten.cat.default):

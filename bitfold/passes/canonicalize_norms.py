@@ -139,7 +139,7 @@ class LayerNormRule(_NormRule):
         shape = self._normalized_shape(match)
         w = constant_node(gm, f"{match['w'].target}_ln", self._affine(gm, match["w"], shape, "gamma"))
         b = constant_node(gm, f"{match['b'].target}_ln", self._affine(gm, match["b"], shape, "beta"))
-        return gm.graph.call_function(aten.layer_norm.default, (match["x"], shape, w, b, float(match["eps"])))
+        return gm.graph.call_function(aten.layer_norm.default, (match["x"], shape, w, b, float(match["eps"]), False))
 
 
 class RmsNormRule(_NormRule):

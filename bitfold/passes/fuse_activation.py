@@ -20,11 +20,11 @@ import torch
 from torch import fx
 
 from bitfold.ir import ops  # noqa: F401  (registers the bitfold ops)
-from bitfold.ir.op_groups import ACTIVATIONS
+from bitfold.ir.op_groups import ACTIVATIONS, CLAMPS
 from bitfold.passes.rewrite import Failure, Match, RewritePass, RewriteRule
 
 aten = torch.ops.aten
-_CLAMPS = (aten.clamp.default, aten.hardtanh.default)
+_CLAMPS = tuple(CLAMPS)
 
 
 def _activation_name(node: fx.Node) -> Optional[str]:
