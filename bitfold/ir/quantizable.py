@@ -12,19 +12,25 @@ embedding                 ``embedding``   quantizable (weight only, per row)
 bitfold quantized ops     ``quantized``   already quantized
 norms, softmax, adds, …   —               float, with the reason
 ========================  ==============  =====================================================
+
+:func:`norm_inputs` adds which LayerNorm/RMSNorm feeds each linear (looking through views),
+so layers that share one normalized input (Q/K/V, gate/up) can be treated as a group.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import fx
 
 from bitfold.ir import ops  # noqa: F401  (registers the bitfold ops)
 from bitfold.ir.graph_utils import attr_value
-from bitfold.ir.op_groups import ACTIVATIONS, ADD, CLAMPS, CONV, EMBEDDING, LINEAR, MATMUL, NORMS, SOFTMAX, VIEWS
+from bitfold.ir.graph_view import GraphView
+from bitfold.ir.op_groups import (
+    ACTIVATIONS, ADD, CLAMPS, CONV, EMBEDDING, IDENTITIES, LAYER_NORM, LINEAR, MATMUL, NORMS, RMS_NORM, SOFTMAX, VIEWS,
+)
 
 aten = torch.ops.aten
 _FUSED_LINEAR = {torch.ops.bitfold.fused_linear.default}
@@ -79,3 +85,17 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> Optional[Decision]:
                                      aten.slice.Tensor, aten.select.int, aten.cat.default):
         return Decision(None, False, "data movement: no arithmetic to quantize")
     return Decision(None, False, f"{_op_name(node)}: no weights, stays float")
+
+
+def norm_inputs(gm: fx.GraphModule, view: Optional[GraphView] = None) -> Dict[fx.Node, fx.Node]:
+    """For each linear fed by a LayerNorm/RMSNorm (through views and identities): that norm."""
+    view = view or GraphView(gm)
+    linears = LINEAR | _FUSED_LINEAR
+    fed: Dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in LAYER_NORM | RMS_NORM:
+            for layer in view.fan_out(node, target=lambda n: n.target in linears,
+                                      through=lambda n: n.target in VIEWS | IDENTITIES):
+                if layer.args[0] is node or layer.args[0].target in VIEWS | IDENTITIES:
+                    fed[layer] = node
+    return fed

@@ -8,7 +8,7 @@ from typing import Dict, List
 from torch import fx
 
 from bitfold.ir.graph_utils import attr_value
-from bitfold.ir.quantizable import classify
+from bitfold.ir.quantizable import classify, norm_inputs
 
 
 def _op_label(node: fx.Node) -> str:
@@ -36,6 +36,7 @@ def summarize(gm: fx.GraphModule, max_float_examples: int = 3) -> str:
 
     layers: List[List[str]] = []
     floats: Dict[str, List[str]] = defaultdict(list)
+    fed_by = norm_inputs(gm)
     for node in nodes:
         decision = classify(gm, node)
         if decision is None:
@@ -43,11 +44,12 @@ def summarize(gm: fx.GraphModule, max_float_examples: int = 3) -> str:
         if decision.quantizable:
             weight = attr_value(gm, node.args[0 if decision.kind == "embedding" else 1])
             shape = "x".join(map(str, weight.shape)) if weight is not None else "activation"
-            layers.append([node.name, decision.kind or "", shape])
+            norm = fed_by.get(node)
+            layers.append([node.name, decision.kind or "", shape, norm.name if norm is not None else ""])
         else:
             floats[decision.reason].append(node.name)
     lines += ["", f"quantizable layers ({len(layers)}):"]
-    lines += ["  " + line for line in _table(layers, ["node", "kind", "weight"])] if layers else ["  none"]
+    lines += ["  " + line for line in _table(layers, ["node", "kind", "weight", "input norm"])] if layers else ["  none"]
     lines += ["", "stays float:"]
     for reason, names in sorted(floats.items(), key=lambda kv: -len(kv[1])):
         shown = ", ".join(names[:max_float_examples]) + (", …" if len(names) > max_float_examples else "")

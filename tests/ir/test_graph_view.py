@@ -50,3 +50,12 @@ def test_producers_consumers_reachability_dominators():
     assert view.dominates(ln, softmax)
     assert not view.dominates(ln, out_linear.next)  # the residual add also sees x directly
     assert out_linear in view.descendants(ln) and ln in view.ancestors(out_linear)
+
+
+def test_norm_inputs_groups_qkv_under_their_layer_norm():
+    from bitfold.ir.quantizable import norm_inputs
+
+    gm, view, nodes = _view()
+    fed = norm_inputs(gm, view)
+    assert sorted(layer.args[1].target for layer in fed) == ["k.weight", "q.weight", "v.weight"]
+    assert len(set(fed.values())) == 1

@@ -34,6 +34,9 @@ def test_classification_and_summary():
     text = summarize(gm)
     assert "quantizable layers (5)" in text and "8x8" in text
     assert "softmax stays float" in text and "aten.linear" in text
+    fc = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.linear.default)
+    assert fc.meta["bitfold_input_norm"].startswith("layer_norm")
+    assert "input norm" in text
 
 
 def test_linear_with_runtime_weight_is_not_quantizable():
