@@ -3,8 +3,8 @@
 The canonical form is what ``torch.export.export(model, args).module()`` returns: a
 ``GraphModule`` of ATen-level ops (``aten.linear``, ``aten.conv2d``, ``aten.layer_norm``…)
 whose parameters are ``get_attr`` nodes, as PT2E uses. Every pass is written against it.
-Export's run-time checks — the ``_guards_fn`` submodule and ``aten._assert_tensor_metadata``
-nodes — are dropped: bitfold rewrites the graph after capture, and those checks describe the
+Export's run-time checks — the ``_guards_fn`` submodule, the input-shape pre-hook and
+``aten._assert_tensor_metadata`` nodes — are dropped: bitfold rewrites the graph after capture, and those checks describe the
 pre-rewrite values (an assert on a dtype would also hold an extra use of the value it checks,
 hiding patterns from the rewriter).
 """
@@ -57,6 +57,9 @@ def _drop_guards(gm: fx.GraphModule) -> None:
             gm.graph.erase_node(node)
     if hasattr(gm, "_guards_fn"):
         delattr(gm, "_guards_fn")
+    for key, hook in list(gm._forward_pre_hooks.items()):
+        if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
+            del gm._forward_pre_hooks[key]
     gm.recompile()
 
 

@@ -1,0 +1,185 @@
+"""Turn a recipe and calibration statistics into per-layer quantization plans.
+
+Linears that read the same input node form a group (Q/K/V, gate/up): the group shares one
+activation quantizer (and one pre-shift vector ``k``, as LLM-FP4 requires), and its weights
+are searched as one stacked matrix, so the activation choice minimizes the error of all of
+the group's outputs together. Per method:
+
+* ``minmax``: symmetric scales ``amax / max`` (weights per output channel or group,
+  activations per tensor); asymmetric INT weights use ``(max - min) / (2^b - 1)`` and a
+  zero point. FP formats: a scale is an exponent bias (``FloatFormat.scale_for_bias``).
+* ``search``: LLM-FP4's format and exponent-bias search (:mod:`bitfold.passes.fp_search`);
+  with ``preshift`` the activation then gets integer per-channel exponents ``k`` from its
+  channel maxima and a per-tensor bias ``ρ`` searched with the weight held quantized
+  (:mod:`bitfold.passes.preshift`).
+* SmoothQuant (``smoothquant_alpha``): ``s_j = max|X_j|^α / max|W_j|^(1-α)``, the input
+  divided by ``s``, the weight columns multiplied, then MinMax.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import fx
+
+from bitfold.ir import formats
+from bitfold.ir.graph_utils import attr_value
+from bitfold.passes.calibration import LayerStats
+from bitfold.passes.fp_search import search_layer
+from bitfold.passes.preshift import preshift_exponents, search_preshift_rho
+from bitfold.passes.quantize_linears import ActivationPlan, WeightPlan
+from bitfold.recipes import Recipe, TensorSpec
+
+aten = torch.ops.aten
+
+
+@dataclass
+class LayerReport:
+    """What was chosen for one linear layer, for the manifest and the summary table."""
+
+    layer: str
+    weight_name: str
+    shape: Tuple[int, int]
+    weight_format: str
+    granularity: str
+    act_format: Optional[str] = None
+    act_scale: Optional[float] = None
+    shift_range: Optional[Tuple[int, int]] = None
+    group: str = ""
+    output_rel_error: Optional[float] = None
+    seconds: float = 0.0
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    weights: Dict[str, WeightPlan]
+    activations: Dict[str, ActivationPlan]
+    reports: List[LayerReport]
+    skipped: Dict[str, str]
+
+
+def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
+    return attr_value(gm, node.args[1]).detach().float()
+
+
+def select_layers(gm: fx.GraphModule, recipe: Recipe) -> Tuple[List[fx.Node], Dict[str, str]]:
+    """The linears the recipe quantizes, and the reason each other linear stays float."""
+    chosen, skipped = [], {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target != aten.linear.default:
+            continue
+        names = (node.name, str(node.args[1].target))
+        pattern = next((p for p in recipe.exclude if any(fnmatch.fnmatch(n, p) for n in names)), None)
+        if "linear" not in recipe.layers:
+            skipped[node.name] = "the recipe does not quantize linear layers"
+        elif attr_value(gm, node.args[1]) is None:
+            skipped[node.name] = "its weight is computed at run time"
+        elif pattern is not None:
+            skipped[node.name] = f"excluded by the recipe pattern {pattern!r}"
+        else:
+            chosen.append(node)
+    return chosen, skipped
+
+
+def _minmax_weight(W: torch.Tensor, spec: TensorSpec, fmt: formats.Format) -> WeightPlan:
+    group = spec.group_size if spec.granularity == "group" else None
+    rows = W if group is None else torch.nn.functional.pad(W, (0, -W.shape[1] % group)).unflatten(1, (-1, group))
+    reduce = dict(dim=-1)
+    if isinstance(fmt, formats.IntFormat) and not spec.symmetric:
+        lo, hi = rows.amin(**reduce).clamp(max=0), rows.amax(**reduce).clamp(min=0)
+        scale = ((hi - lo) / (fmt.qmax - fmt.qmin)).clamp_min(1e-12)
+        zero = torch.round(fmt.qmin - lo / scale).clamp(fmt.qmin, fmt.qmax)
+        return WeightPlan(fmt.name, scale, group, zero)
+    scale = (rows.abs().amax(**reduce) / fmt.max).clamp_min(1e-12)
+    return WeightPlan(fmt.name, scale, group)
+
+
+def _rel_error(X: torch.Tensor, W: torch.Tensor, Xq: torch.Tensor, Wq: torch.Tensor) -> float:
+    ref = X @ W.T
+    return float(((Xq @ Wq.T - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30)).sqrt())
+
+
+def _dequant(W: torch.Tensor, plan: WeightPlan) -> torch.Tensor:
+    f = formats.get(plan.fmt)
+    if plan.group_size is None:
+        return f.quantize(W, plan.scale, axis=0, zero_point=plan.zero_point)
+    return f.quantize(W, plan.scale, axis=1, group_size=plan.group_size, zero_point=plan.zero_point)
+
+
+def plan_quantization(
+    gm: fx.GraphModule, recipe: Recipe, stats: Dict[str, LayerStats], layers: List[fx.Node]
+) -> Plan:
+    """Choose formats, scales, shifts for every layer in ``layers`` (see the module docstring)."""
+    groups: Dict[str, List[fx.Node]] = {}
+    for node in layers:
+        groups.setdefault(node.args[0].name, []).append(node)
+    weights: Dict[str, WeightPlan] = {}
+    activations: Dict[str, ActivationPlan] = {}
+    reports: List[LayerReport] = []
+    wspec, aspec = recipe.weights, recipe.activations
+    for input_name, members in groups.items():
+        start = time.perf_counter()
+        st = stats[members[0].name]
+        X = st.sample.float()
+        Ws = [_weight(gm, n) for n in members]
+        W = torch.cat(Ws)
+        sizes = [w.shape[0] for w in Ws]
+        act_plan: Optional[ActivationPlan] = None
+        Xq = X
+        if recipe.smoothquant_alpha is not None:
+            alpha = recipe.smoothquant_alpha
+            smooth = (st.channel_absmax.clamp_min(1e-5) ** alpha / W.abs().amax(0).clamp_min(1e-5) ** (1 - alpha))
+            X, W = X / smooth, W * smooth
+            Ws = list(W.split(sizes))
+        else:
+            smooth = None
+        if wspec.method == "search" and wspec.kind == "fp" and wspec.granularity == "channel":
+            result = search_layer(
+                W, X, wspec.bits, aspec.bits if aspec is not None and aspec.method == "search" else None,
+                rounds=recipe.search.rounds, grid=recipe.search.grid, k=recipe.search.points,
+                weight_formats=recipe.weight_formats(),
+                act_formats=recipe.activation_formats() if aspec is not None else None, stride=recipe.search.stride,
+            )
+            wfmt = formats.get(result.weight_format)
+            scales = wfmt.scale_for_bias(result.weight_bias)
+            w_plans = [WeightPlan(wfmt.name, s) for s in scales.split(sizes)]
+            if aspec is not None:
+                afmt = formats.get(result.act_format)
+                act_plan = ActivationPlan(afmt.name, float(afmt.scale_for_bias(result.act_bias)), smooth=smooth)
+        else:
+            wfmt = formats.get(recipe.weight_formats()[0])
+            w_plans = [_minmax_weight(w, wspec, wfmt) for w in Ws]
+            if aspec is not None:
+                afmt = formats.get(recipe.activation_formats()[0])
+                act_plan = ActivationPlan(afmt.name, max(float(X.abs().max()), 1e-12) / afmt.max, smooth=smooth)
+        Wq = torch.cat([_dequant(w, p) for w, p in zip(Ws, w_plans)])
+        if act_plan is not None and aspec is not None and aspec.preshift:
+            afmt = formats.get(act_plan.fmt)
+            _, k = preshift_exponents(st.channel_absmax, afmt)
+            found = search_preshift_rho(W, X, k, afmt, Wq, channel_max=st.channel_absmax, grid=recipe.search.grid,
+                                        points=recipe.search.points, stride=recipe.search.stride)
+            act_plan = ActivationPlan(afmt.name, float(afmt.scale_for_bias(found.rho)), shift=k.to(torch.int32))
+        if act_plan is not None:
+            f = formats.get(act_plan.fmt)
+            c = torch.ones(X.shape[1]) if act_plan.shift is None else torch.exp2(act_plan.shift.float())
+            Xq = f.quantize(X * c, act_plan.scale) / c
+            activations[input_name] = act_plan
+        error = _rel_error(X, W, Xq, Wq)
+        seconds = time.perf_counter() - start
+        for node, w, p in zip(members, Ws, w_plans):
+            weights[node.name] = p
+            reports.append(LayerReport(
+                layer=node.name, weight_name=str(node.args[1].target), shape=tuple(w.shape), weight_format=p.fmt,
+                granularity=f"group{p.group_size}" if p.group_size else "channel",
+                act_format=None if act_plan is None else act_plan.fmt,
+                act_scale=None if act_plan is None else act_plan.scale,
+                shift_range=None if act_plan is None or act_plan.shift is None else
+                (int(act_plan.shift.min()), int(act_plan.shift.max())),
+                group=input_name, output_rel_error=error, seconds=seconds / len(members),
+            ))
+    return Plan(weights, activations, reports, {})

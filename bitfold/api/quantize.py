@@ -1,0 +1,83 @@
+"""``bitfold.quantize``: capture, clean up, calibrate, choose, rewrite — one call."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any, Iterable, Optional, Sequence, Tuple, Union
+
+import onnx
+import torch
+
+from bitfold.api.plan import plan_quantization, select_layers
+from bitfold.api.quantized_model import QuantizedModel
+from bitfold.ir import CaptureError, from_onnx, from_torch
+from bitfold.passes import EliminateDeadCode, PassManager, run_standard_passes
+from bitfold.passes.calibration import calibrate
+from bitfold.passes.fold_preshift import FoldPreshift
+from bitfold.passes.quantize_linears import QuantizeLinears
+from bitfold.recipes import Recipe, load_recipe
+
+ModelLike = Union[torch.nn.Module, str, os.PathLike, onnx.ModelProto]
+
+
+def _as_inputs(item: Any) -> Tuple[Any, ...]:
+    return tuple(item) if isinstance(item, (tuple, list)) else (item,)
+
+
+def _dynamic_shapes(example: Tuple[Any, ...], data: Sequence[Tuple[Any, ...]], batch: bool):
+    """Dims whose size differs across calibration items (and the batch dim) are dynamic."""
+    shapes = []
+    for i, x in enumerate(example):
+        if not isinstance(x, torch.Tensor):
+            shapes.append(None)
+            continue
+        varying = {d for d in range(x.dim()) if len({item[i].shape[d] for item in data}) > 1}
+        if batch and x.dim() > 0:
+            varying.add(0)
+        shapes.append({d: torch.export.Dim.DYNAMIC for d in sorted(varying)} or None)
+    return tuple(shapes)
+
+
+def _capture_dynamic(model: torch.nn.Module, example: Tuple[Any, ...], data: Sequence[Tuple[Any, ...]]):
+    """Capture with a dynamic batch if the model allows it, else with only what must vary."""
+    try:
+        return from_torch(model, example, dynamic_shapes=_dynamic_shapes(example, data, batch=True))
+    except CaptureError:
+        return from_torch(model, example, dynamic_shapes=_dynamic_shapes(example, data, batch=False))
+
+
+def quantize(
+    model: ModelLike,
+    recipe: Union[str, os.PathLike, Recipe],
+    calibration_data: Iterable[Any],
+    example_inputs: Optional[Sequence[Any]] = None,
+    progress: bool = True,
+) -> QuantizedModel:
+    """Quantize ``model`` (a module, an ONNX path or ``ModelProto``) with ``recipe``.
+
+    ``recipe`` is a name (``"w4a4-fp"``) or a YAML path; ``calibration_data`` an iterable of
+    model inputs (a tensor or a tuple of tensors per item), of which the recipe's
+    ``calibration_samples`` are used. ``example_inputs`` (default: the first calibration
+    item) are used to trace the model and to verify the equivalence-preserving passes.
+    """
+    recipe = load_recipe(recipe)
+    data = [_as_inputs(item) for item in itertools.islice(iter(calibration_data), recipe.calibration_samples)]
+    if not data:
+        raise ValueError("calibration data is empty: give at least one model input")
+    example = tuple(example_inputs) if example_inputs is not None else data[0]
+    start = time.perf_counter()
+    if isinstance(model, torch.nn.Module):
+        gm = _capture_dynamic(model, example, data)
+    else:
+        gm = from_onnx(model)
+    run_standard_passes(gm, sample_inputs=example)
+    layers, kept_float = select_layers(gm, recipe)
+    stats = calibrate(gm, data, layers=layers, max_tokens=recipe.calibration_tokens, progress=progress)
+    plan = plan_quantization(gm, recipe, stats, layers)
+    QuantizeLinears(plan.weights, plan.activations).run(gm)
+    PassManager([FoldPreshift(), EliminateDeadCode()], sample_inputs=example).run(gm)
+    info = {"source": gm.meta.get("bitfold_source"), "calibration_items": len(data),
+            "seconds": round(time.perf_counter() - start, 2)}
+    return QuantizedModel(gm, recipe.describe(), plan.reports, kept_float, info)

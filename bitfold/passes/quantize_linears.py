@@ -1,0 +1,132 @@
+"""Replace planned linear layers with bitfold's quantized ops.
+
+For a linear ``y = x Wᵀ + b`` with a plan, and an activation plan for its input ``x``::
+
+    xs = x · c                                 (c = 2^k: LLM-FP4 pre-shift; or 1/s: SmoothQuant)
+    xq = bitfold.fake_quantize(xs, fa, sa)     (per tensor)
+    y  = bitfold.quantized_linear(xq, pack(Q_fw(W · s)), fw, N, K, sw, g, zw, k, b)
+
+``quantized_linear`` multiplies ``xq`` by ``2^-k`` (undoing the pre-shift exactly on the
+already-quantized activation), so the layer computes ``Q(x·2^k; ρ)·2^-k · Ŵᵀ = Q(x; ρ+k) Ŵᵀ``:
+the per-input-channel bias LLM-FP4 wants, with a per-tensor quantizer. SmoothQuant instead
+scales ``W``'s columns by ``s`` before quantizing it. Linears that share one input (Q/K/V,
+gate/up) share one shift and one activation quantizer node. The ``x · c`` multiply is a
+separate node so :class:`~bitfold.passes.fold_preshift.FoldPreshift` can move it into the
+producer. Weight-only plans skip the activation part. This pass changes numerics by design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+from torch import fx
+
+from bitfold.ir import formats, ops
+from bitfold.ir.graph_utils import attr_value, constant_node, remove_unused_constants
+from bitfold.passes.base import Pass, PassError, PassResult
+
+aten = torch.ops.aten
+
+
+@dataclass
+class ActivationPlan:
+    """How the input of one or more linears is quantized."""
+
+    fmt: str
+    scale: float
+    #: Integer exponents k (shape [K]): the input is multiplied by 2^k before quantizing.
+    shift: Optional[torch.Tensor] = None
+    #: SmoothQuant factors s (shape [K]): the input is divided by s, the weights multiplied.
+    smooth: Optional[torch.Tensor] = None
+
+
+@dataclass
+class WeightPlan:
+    """How one linear's weight is quantized (scales per output channel or per group)."""
+
+    fmt: str
+    scale: torch.Tensor
+    group_size: Optional[int] = None
+    zero_point: Optional[torch.Tensor] = None
+
+
+class QuantizeLinears(Pass):
+    """Rewrite the linears named in ``weights`` into quantized ops (see the module docstring)."""
+
+    preserves_semantics = False
+
+    def __init__(self, weights: Dict[str, WeightPlan], activations: Dict[str, ActivationPlan]) -> None:
+        self.weights = weights
+        self.activations = activations
+
+    def requires(self, gm: fx.GraphModule) -> None:
+        names = {n.name for n in gm.graph.nodes if n.target == aten.linear.default}
+        missing = sorted(set(self.weights) - names)
+        if missing:
+            raise PassError(f"quantize_linears: no linear node named {', '.join(missing)}")
+
+    def _quantized_input(self, gm: fx.GraphModule, x: fx.Node, cache: Dict[str, fx.Node], first_user: fx.Node) -> fx.Node:
+        """The quantized ``x``, built once before its first quantized consumer."""
+        plan = self.activations.get(x.name)
+        if plan is None:
+            return x
+        if x.name in cache:
+            return cache[x.name]
+        with gm.graph.inserting_before(first_user):
+            factor = None
+            if plan.shift is not None:
+                factor = torch.exp2(plan.shift.to(torch.float32))
+            if plan.smooth is not None:
+                factor = (1.0 / plan.smooth) if factor is None else factor / plan.smooth
+            node = x
+            if factor is not None:
+                c = constant_node(gm, f"{x.name}_input_scale", factor.to(torch.float32), parameter=False)
+                node = gm.graph.call_function(aten.mul.Tensor, (x, c))
+            scale = constant_node(gm, f"{x.name}_act_scale", torch.tensor(float(plan.scale)), parameter=False)
+            node = gm.graph.call_function(torch.ops.bitfold.fake_quantize.default, (node, plan.fmt, scale))
+        cache[x.name] = node
+        return node
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        cache: Dict[str, fx.Node] = {}
+        for node in list(gm.graph.nodes):
+            plan = self.weights.get(node.name)
+            if plan is None or node.target != aten.linear.default:
+                continue
+            x, w_node = node.args[0], node.args[1]
+            bias = node.args[2] if len(node.args) > 2 else None
+            weight = attr_value(gm, w_node)
+            if weight is None:
+                raise PassError(f"quantize_linears: {node.name}'s weight is not a constant")
+            act = self.activations.get(x.name)
+            if act is not None and act.smooth is not None:
+                weight = weight * act.smooth.to(weight.dtype)
+            packed = ops.pack_weight(weight.float(), plan.fmt, plan.scale, plan.group_size, plan.zero_point,
+                                     name=str(w_node.target))
+            xq = self._quantized_input(gm, x, cache, node)
+            with gm.graph.inserting_before(node):
+                args = [
+                    xq,
+                    constant_node(gm, f"{node.name}_packed_weight", packed.packed, parameter=False),
+                    formats.get(plan.fmt).name,
+                    packed.out_features,
+                    packed.in_features,
+                    constant_node(gm, f"{node.name}_weight_scale", packed.scale, parameter=False),
+                    plan.group_size,
+                    None if plan.zero_point is None else constant_node(
+                        gm, f"{node.name}_weight_zero_point", plan.zero_point.float(), parameter=False),
+                    None if act is None or act.shift is None else constant_node(
+                        gm, f"{node.name}_input_shift", act.shift.to(torch.int32), parameter=False),
+                    bias,
+                ]
+                new = gm.graph.call_function(torch.ops.bitfold.quantized_linear.default, tuple(args))
+            new.meta.update({k: v for k, v in node.meta.items() if k.startswith("bitfold") or k == "val"})
+            new.meta["bitfold_layer"] = node.name
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+        gm.graph.eliminate_dead_code()
+        remove_unused_constants(gm)
+        return PassResult(gm, bool(self.weights))
+

@@ -1,0 +1,178 @@
+"""Recipes: a named, versioned description of how to quantize a model, loaded from YAML.
+
+A recipe says which layers to quantize, in which number formats, how scales are chosen
+(``minmax``, or LLM-FP4's ``search``), whether activations are quantized and with LLM-FP4's
+pre-shifted exponent bias or SmoothQuant-style migration, and how much calibration data to
+use. The named recipes live next to this file as ``<name>.yaml``; any other YAML file with
+the same schema works too. Unknown keys are errors, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from bitfold.ir import formats
+
+RECIPE_DIR = Path(__file__).parent
+SCHEMA_VERSION = 1
+
+
+class RecipeError(ValueError):
+    """A recipe file or name that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """How one tensor kind (weights or activations) is quantized."""
+
+    bits: int
+    kind: str = "fp"                      # "fp" (LLM-FP ExMy family), "int", or "format"
+    formats: Optional[List[str]] = None   # candidate formats; default: per kind and bits
+    granularity: str = "channel"          # weights: channel | group; activations: tensor
+    group_size: Optional[int] = None
+    method: str = "minmax"                # minmax | search
+    symmetric: bool = True                # int only: False = min/max with a zero point
+    preshift: bool = False                # activations only: LLM-FP4 pre-shifted exponent bias
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    grid: str = "clip"                    # clip | bias (the paper's grid)
+    points: int = 100
+    rounds: int = 3
+    stride: int = 1                       # >1: coarse-to-fine grid
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: int
+    description: str
+    weights: TensorSpec
+    activations: Optional[TensorSpec] = None
+    search: SearchSpec = SearchSpec()
+    smoothquant_alpha: Optional[float] = None
+    layers: List[str] = field(default_factory=lambda: ["linear"])
+    exclude: List[str] = field(default_factory=list)
+    calibration_samples: int = 128
+    calibration_tokens: int = 2048
+    source: str = ""
+
+    def weight_formats(self) -> List[str]:
+        return candidate_formats(self.weights)
+
+    def activation_formats(self) -> List[str]:
+        return [] if self.activations is None else candidate_formats(self.activations)
+
+    def describe(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_DEFAULT_FP = {4: ["e2m1", "e3m0", "e1m2"], 8: ["e4m3", "e5m2", "e3m4", "e2m5", "e1m6"]}
+
+
+def candidate_formats(spec: TensorSpec) -> List[str]:
+    """The formats a tensor spec may use, first one the MinMax default."""
+    if spec.formats:
+        return list(spec.formats)
+    if spec.kind == "int":
+        return [f"{'int' if spec.symmetric else 'uint'}{spec.bits}"]
+    if spec.kind == "fp":
+        if spec.bits in _DEFAULT_FP:
+            return list(_DEFAULT_FP[spec.bits])
+        return [f"e{e}m{spec.bits - 1 - e}" for e in range(1, spec.bits)]
+    raise RecipeError(f"kind {spec.kind!r} needs an explicit 'formats' list")
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise RecipeError(f"{where}: {err}") from None
+
+
+def _validate(recipe: Recipe, where: str) -> None:
+    for role, spec in (("weights", recipe.weights), ("activations", recipe.activations)):
+        if spec is None:
+            continue
+        if spec.kind not in ("fp", "int", "format"):
+            raise RecipeError(f"{where}: {role}.kind must be fp, int or format, not {spec.kind!r}")
+        if spec.method not in ("minmax", "search"):
+            raise RecipeError(f"{where}: {role}.method must be minmax or search, not {spec.method!r}")
+        if spec.granularity == "group" and not spec.group_size:
+            raise RecipeError(f"{where}: {role}.granularity 'group' needs group_size")
+        for name in candidate_formats(spec):
+            try:
+                formats.get(name)
+            except formats.FormatError as err:
+                raise RecipeError(f"{where}: {role}: {err}") from None
+    if recipe.activations is not None and recipe.activations.granularity != "tensor":
+        raise RecipeError(f"{where}: activations are quantized per tensor; granularity must be 'tensor'")
+    if recipe.weights.preshift:
+        raise RecipeError(f"{where}: preshift applies to activations, not weights")
+    if recipe.search.grid not in ("clip", "bias"):
+        raise RecipeError(f"{where}: search.grid must be clip or bias, not {recipe.search.grid!r}")
+    bad = sorted(set(recipe.layers) - {"linear", "act_matmul", "embedding", "conv"})
+    if bad:
+        raise RecipeError(f"{where}: unknown layer kind(s) {', '.join(bad)}")
+
+
+def parse_recipe(data: Dict[str, Any], source: str = "<dict>") -> Recipe:
+    """Build a :class:`Recipe` from the mapping a YAML file holds."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping of keys, got {type(data).__name__}")
+    data = dict(data)
+    schema = data.pop("schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        raise RecipeError(f"{source}: recipe schema {schema} is not supported (this bitfold reads {SCHEMA_VERSION})")
+    for key in ("name", "version", "description", "weights"):
+        if key not in data:
+            raise RecipeError(f"{source}: missing required key {key!r}")
+    data["weights"] = _build(TensorSpec, data["weights"], f"{source}: weights")
+    if data.get("activations") is not None:
+        data["activations"] = _build(TensorSpec, data["activations"], f"{source}: activations")
+    if "search" in data:
+        data["search"] = _build(SearchSpec, data["search"], f"{source}: search")
+    recipe = _build(Recipe, {**data, "source": source}, source)
+    _validate(recipe, source)
+    return recipe
+
+
+def list_recipes() -> Dict[str, str]:
+    """Named recipes and their one-line descriptions."""
+    out = {}
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        out[path.stem] = load_recipe(path).description
+    return out
+
+
+def load_recipe(name_or_path: Union[str, os.PathLike, Recipe]) -> Recipe:
+    """A named recipe (``"w4a4-fp"``) or a YAML file path."""
+    if isinstance(name_or_path, Recipe):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
+        path = RECIPE_DIR / f"{text}.yaml"
+        if not path.is_file():
+            names = ", ".join(p.stem for p in sorted(RECIPE_DIR.glob("*.yaml")))
+            raise RecipeError(f"unknown recipe {text!r}; named recipes: {names} (or give a .yaml path)")
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    return parse_recipe(data, str(path))

@@ -1,0 +1,84 @@
+"""bitfold.quantize end to end on a small transformer-like model, save/load, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+import bitfold
+from bitfold.api import QuantizedModel
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 32)
+        self.norm = nn.LayerNorm(32)
+        self.qkv = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
+        self.fc1, self.fc2 = nn.Linear(32, 64), nn.Linear(64, 32)
+        self.head = nn.Linear(32, 50)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        h = self.norm(x)
+        q, k, v = (lin(h) for lin in self.qkv)
+        a = torch.softmax(q @ k.transpose(-1, -2) / 32**0.5, -1) @ v
+        x = x + a
+        x = x + self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        return self.head(x)
+
+
+def _data(n=6, seq=12):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randint(0, 50, (2, seq + i), generator=g),) for i in range(n)]
+
+
+@pytest.mark.parametrize("recipe", ["w4a4-fp", "w4a4-int", "w4a16-int-g128", "w8a8-fp", "w4a4-int-smooth"])
+def test_quantize_runs_and_reports(recipe):
+    model = Block().eval()
+    data = _data()
+    q = bitfold.quantize(model, recipe, data, progress=False)
+    ids = torch.randint(0, 50, (3, 9))  # another batch and length than calibration
+    out, ref = q(ids), model(ids)
+    assert out.shape == ref.shape
+    rel = float((out - ref).norm() / ref.norm())
+    assert rel < (0.02 if recipe == "w8a8-fp" else 0.6)
+    ops = [n.target for n in q.graph_module.graph.nodes if n.op == "call_function"]
+    assert ops.count(torch.ops.bitfold.quantized_linear.default) == 6
+    assert not any(t == torch.ops.aten.linear.default for t in ops)
+    assert len(q.layers) == 6 and recipe in q.report()
+
+
+def test_preshift_is_folded_into_the_norm_and_beats_no_preshift():
+    model = Block().eval()
+    with torch.no_grad():  # a few outlier channels, as in real transformers
+        model.norm.weight[:4] = 20.0
+    data = _data()
+    with_shift = bitfold.quantize(model, "w4a4-fp", data, progress=False)
+    without = bitfold.quantize(model, "w4a4-fp-fpq", data, progress=False)
+    qkv = [r for r in with_shift.layers if r.group.startswith("layer_norm")]
+    assert len(qkv) == 3 and qkv[0].shift_range[1] > 0
+    # QKV's shift went into the LayerNorm: no multiply between norm and quantizer remains
+    gm = with_shift.graph_module
+    fq = [n for n in gm.graph.nodes if n.target == torch.ops.bitfold.fake_quantize.default]
+    assert any(n.args[0].target == torch.ops.aten.layer_norm.default for n in fq)
+    err = {r.layer: r.output_rel_error for r in with_shift.layers}
+    err_fpq = {r.layer: r.output_rel_error for r in without.layers}
+    assert sum(err[n.layer] for n in qkv) < sum(err_fpq[n.layer] for n in qkv)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = Block().eval()
+    q = bitfold.quantize(model, "w4a4-fp", _data(), progress=False)
+    q.save(tmp_path / "q")
+    loaded = QuantizedModel.load(tmp_path / "q")
+    ids = torch.randint(0, 50, (2, 10))
+    assert torch.equal(loaded(ids), q(ids))
+    assert loaded.report() == q.report()
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="calibration data is empty"):
+        bitfold.quantize(Block(), "w4a4-fp", [], progress=False)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        bitfold.quantize(Block(), "w4a4-fq", _data(), progress=False)
