@@ -32,8 +32,9 @@ step: with ``Δ_c = Q(X; c) − X`` and ``E = X Dᵀ``,
 
     ‖Xq Wqᵀ − X Wᵀ‖² = ‖Δ_c Wqᵀ + E‖² = ⟨Δ_c A, Δ_c⟩ + 2⟨Δ_c, E Wq⟩ + ‖E‖²,   A = WqᵀWq
 
-(``Δ_c Wqᵀ`` directly when ``N ≤ K``), cost ``T·K·min(N, K)``, with candidates screened on
-``act_tokens`` rows and the winner confirmed on all rows. Every term is error-sized, so float32
+(``Δ_c Wqᵀ`` directly when ``N ≤ K``), cost ``T·K·min(N, K)``. Candidates are screened on
+``screen_tokens`` rows (weights only when ``min(T, K)`` exceeds it, as for FC2's ``K = 4·d``)
+and the winners confirmed on all rows. Every term is error-sized, so float32
 loses nothing to cancellation. Values are quantized in blocks of ``chunk_elements`` (bounded
 memory, and cache-resident temporaries). The grid is searched coarse to fine when
 ``stride > 1``: every ``stride``-th point, then finer steps within ``stride − 1`` points of each
@@ -81,7 +82,11 @@ def float_format(name: str) -> FloatFormat:
 
 
 def max_for_bias(fmt: FloatFormat, bias: torch.Tensor | float) -> torch.Tensor:
-    """The largest magnitude of ``fmt`` under the real bias ``bias`` (inverse of ``bias_for_max``)."""
+    """The largest magnitude of ``fmt`` under the real bias ``bias``.
+
+    The inverse of ``fmt.bias_for_max`` for the LLM-FP ``ExMy`` family. (``bias_for_max``
+    assumes that family's max, so for ``fp8_e4m3``/``fp8_e5m2`` it undershoots the range.)
+    """
     return fmt.max * torch.exp2(fmt.bias - torch.as_tensor(bias, dtype=torch.float64))
 
 
@@ -101,13 +106,26 @@ def bias_candidates(fmt: FloatFormat, max_value: torch.Tensor | float, grid: str
 
 
 def quantize_rows(fmt: FloatFormat, W: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``W`` quantized with one bias per row (output channel)."""
-    return fmt.quantize(W, fmt.scale_for_bias(bias), axis=0)
+    """``W`` [N, K] quantized with one bias per row (output channel)."""
+    scale = fmt.scale_for_bias(bias)
+    return _by_rows(lambda r: fmt.quantize(W[r], scale[r], axis=0), W)
 
 
 def quantize_tensor(fmt: FloatFormat, X: torch.Tensor, bias: torch.Tensor | float) -> torch.Tensor:
     """``X`` quantized with one bias for the whole tensor."""
-    return fmt.quantize(X, fmt.scale_for_bias(bias))
+    scale = fmt.scale_for_bias(bias)
+    return _by_rows(lambda r: fmt.quantize(X[r], scale), X)
+
+
+def _by_rows(quantize: Callable[[slice], torch.Tensor], x: torch.Tensor, budget: int = 1 << 18) -> torch.Tensor:
+    """``quantize`` applied to blocks of rows of ``x`` of about ``budget`` values, concatenated.
+
+    The quantizer runs several times faster on blocks whose temporaries stay in cache.
+    """
+    if x.dim() < 2 or x.shape[0] == 0:
+        return quantize(slice(None))
+    step = max(1, budget // x[0].numel())
+    return torch.cat([quantize(slice(n, n + step)) for n in range(0, x.shape[0], step)])
 
 
 def output_mse(Xq: torch.Tensor, Wq: torch.Tensor, X: torch.Tensor, W: torch.Tensor) -> float:
@@ -177,13 +195,18 @@ class WeightObjective:
 
     The activation is held at ``Xq``. Calling it with ``(fmt, biases)``, ``biases`` [n, N],
     gives the [n, N] errors: candidate ``i`` of every channel in one batched computation.
+    ``use_gram`` picks ``d ↦ dᵀGd`` (cost ``K²`` per channel, after ``T·K²`` to build ``G``)
+    or ``d ↦ ‖Xq d‖²`` (cost ``T·K``); by default the first when ``T > K``.
     """
 
-    def __init__(self, W: torch.Tensor, X: torch.Tensor, Xq: torch.Tensor, chunk_elements: int = 1 << 18) -> None:
+    def __init__(
+        self, W: torch.Tensor, X: torch.Tensor, Xq: torch.Tensor, chunk_elements: int = 1 << 18,
+        use_gram: Optional[bool] = None,
+    ) -> None:
         self.W = W
         (N, K), T = W.shape, X.shape[0]
         delta = Xq - X
-        self.use_gram = T > K
+        self.use_gram = T > K if use_gram is None else use_gram
         self.factor = Xq.T @ Xq if self.use_gram else Xq.T
         if T * K + N * K < N * T:  # through K×K products, else through [N, T] ones
             self.cross = W @ (delta.T @ Xq)
@@ -266,22 +289,33 @@ def search_weight_bias(
     grid: str = "bias",
     k: int = 100,
     stride: int = 9,
+    screen: Optional[WeightObjective] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per output channel, the bias of least output error, and that error ([N] each).
 
     The candidates are ``k`` grid points from the channel's max, its MinMax bias and its
-    ``current`` bias [N] (which wins ties, so the error never rises).
+    ``current`` bias [N] (which wins ties, so the error never rises). With ``screen`` (the
+    same objective on a subset of the rows) the grid is searched on ``screen`` and each
+    channel's winner replaces its current bias only if ``objective`` says it is better.
     """
     w_max = objective.W.abs().amax(1).double().clamp_min(_TINY)
-    extras = torch.stack([current.to(torch.float64), fmt.bias_for_max(w_max)])
-    return grid_search(bias_candidates(fmt, w_max, grid, k), extras, lambda b: objective(fmt, b), stride)
+    current = current.to(torch.float64)
+    extras = torch.stack([current, fmt.bias_for_max(w_max)])
+    candidates = bias_candidates(fmt, w_max, grid, k)
+    if screen is None:
+        return grid_search(candidates, extras, lambda b: objective(fmt, b), stride)
+    best, _ = grid_search(candidates, extras, lambda b: screen(fmt, b), stride)
+    finalists = torch.stack([current, best])
+    errors = objective(fmt, finalists)
+    pick = errors.argmin(0, keepdim=True)
+    return finalists.gather(0, pick)[0], errors.gather(0, pick)[0]
 
 
-def _screen_rows(T: int, act_tokens: Optional[int]) -> Optional[torch.Tensor]:
-    """A fixed random subset of ``act_tokens`` of ``T`` rows, or ``None`` for all of them."""
-    if act_tokens is None or T <= act_tokens:
+def _screen_rows(T: int, screen_tokens: Optional[int]) -> Optional[torch.Tensor]:
+    """A fixed random subset of ``screen_tokens`` of ``T`` rows, or ``None`` for all of them."""
+    if screen_tokens is None or T <= screen_tokens:
         return None
-    return torch.randperm(T, generator=torch.Generator().manual_seed(_SEED))[:act_tokens]
+    return torch.randperm(T, generator=torch.Generator().manual_seed(_SEED))[:screen_tokens]
 
 
 def search_act_bias(
@@ -290,17 +324,17 @@ def search_act_bias(
     grid: torch.Tensor,
     extras: torch.Tensor,
     current_error: Optional[float] = None,
-    act_tokens: Optional[int] = 512,
+    screen_tokens: Optional[int] = 512,
     stride: int = 9,
 ) -> Tuple[torch.Tensor, float]:
     """The per-tensor activation bias among ``grid`` [k] and ``extras`` [e] of least output error.
 
     ``extras[0]`` is the current bias, of summed error ``current_error`` when known.
-    Candidates are screened on ``act_tokens`` rows drawn with a fixed seed (``None``: all
+    Candidates are screened on ``screen_tokens`` rows drawn with a fixed seed (``None``: all
     rows); the winner replaces the current bias only if it is better on all rows. Returns the
     bias ([1] float64) and its summed squared output error over all rows.
     """
-    rows = _screen_rows(objective.Xs.shape[0], act_tokens)
+    rows = _screen_rows(objective.Xs.shape[0], screen_tokens)
     screen = objective.rows(rows)
     best, error = grid_search(grid[:, None], extras[:, None], lambda b: screen(fmt, b), stride)
     current = extras[:1]
@@ -320,11 +354,12 @@ class _Cached(Generic[V]):
     def __init__(self, build: Callable[[], V]) -> None:
         self.build = build
         self.key: object = None
-        self.value: Optional[V] = None
+        self.built = False
+        self.value: V
 
     def get(self, key: object) -> V:
-        if self.value is None or key != self.key:
-            self.key, self.value = key, self.build()
+        if not self.built or key != self.key:
+            self.key, self.value, self.built = key, self.build(), True
         return self.value
 
 
@@ -383,7 +418,7 @@ def search_layer(
     weight_formats: Optional[Sequence[str]] = None,
     act_formats: Optional[Sequence[str]] = None,
     act_max: Optional[float] = None,
-    act_tokens: Optional[int] = 512,
+    screen_tokens: Optional[int] = 512,
     stride: int = 9,
     chunk_elements: int = 1 << 18,
 ) -> LayerSearchResult:
@@ -393,9 +428,10 @@ def search_layer(
     the first format of each list (default :func:`default_formats`) at MinMax biases;
     ``act_max`` is the activation range for that start and for the grid (default ``max |X|``;
     pass the calibration absmax, since ``X`` is a sample). ``k`` is the number of grid points,
-    ``stride`` the coarse-to-fine step (1: exhaustive), ``act_tokens`` the rows that screen
-    activation candidates (see :func:`search_act_bias`), ``chunk_elements`` the most values
-    quantized at once.
+    ``stride`` the coarse-to-fine step (1: exhaustive), ``screen_tokens`` the rows that screen
+    activation candidates, and weight candidates when ``min(T, K)`` exceeds it (the winners
+    are confirmed on all rows; see :func:`search_act_bias`, :func:`search_weight_bias`;
+    ``None``: no screening), ``chunk_elements`` the most values quantized at once.
     """
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
@@ -419,10 +455,15 @@ def search_layer(
     a_range = a_range.clamp_min(_TINY)
     a_bias = a_fmt[0].bias_for_max(a_range).reshape(1) if quant_act else torch.zeros(1, dtype=torch.float64)
     Xq = quantize_tensor(a_fmt[0], X, a_bias) if quant_act else X
-    screen_rows = _screen_rows(T, act_tokens)
+    screen_rows = _screen_rows(T, screen_tokens)
+    # A weight candidate costs N·K·min(T, K); screening pays off only when min(T, K) is large.
+    w_rows = screen_rows if min(T, W.shape[1]) > (screen_tokens or T) else None
     # Versions count changes of Wq and Xq; each objective depends on the other side only.
     w_version = a_version = 0
-    weight_objective = _Cached(lambda: WeightObjective(W, X, Xq, chunk_elements))
+    weight_objective = _Cached(
+        lambda: WeightObjective(W, X, Xq, chunk_elements, use_gram=None if w_rows is None else False)
+    )
+    weight_screen = _Cached(lambda: None if w_rows is None else WeightObjective(W, X[w_rows], Xq[w_rows], chunk_elements))
     act_objective = _Cached(lambda: ActObjective(W, Wq, X, chunk_elements=chunk_elements))
 
     # Invariant: ``error`` is the summed output error of the current (Wq, Xq).
@@ -433,7 +474,9 @@ def search_layer(
     for r in range(1, rounds + 1):
         if w_done != (a_version, w_version):
             fmt = w_fmt[wi]
-            best, errors = search_weight_bias(weight_objective.get(a_version), fmt, w_bias, grid, k, stride)
+            best, errors = search_weight_bias(
+                weight_objective.get(a_version), fmt, w_bias, grid, k, stride, weight_screen.get(a_version)
+            )
             if not torch.equal(best, w_bias):
                 w_bias, w_version = best, w_version + 1
                 Wq = quantize_rows(fmt, W, w_bias)
@@ -447,7 +490,7 @@ def search_layer(
                 extras = torch.cat([a_bias, fmt.bias_for_max(a_range)[None]])
                 best, error = search_act_bias(
                     act_objective.get(w_version), fmt, bias_candidates(fmt, a_range, grid, k), extras, error,
-                    act_tokens, stride,
+                    screen_tokens, stride,
                 )
                 if not torch.equal(best, a_bias):
                     a_bias, a_version = best, a_version + 1

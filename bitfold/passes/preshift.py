@@ -30,15 +30,7 @@ from typing import Optional, Tuple
 import torch
 
 from bitfold.ir.formats import FloatFormat
-from bitfold.passes.fp_search import (
-    GAMMA1,
-    GAMMA2,
-    GRIDS,
-    MIN_CLIP_RATIO,
-    ActObjective,
-    quantize_tensor,
-    search_act_bias,
-)
+from bitfold.passes.fp_search import GRIDS, ActObjective, bias_candidates, quantize_tensor, search_act_bias
 
 
 def apply_preshift(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -102,7 +94,7 @@ def search_preshift_rho(
     channel_max: Optional[torch.Tensor] = None,
     grid: str = "bias",
     points: int = 100,
-    act_tokens: Optional[int] = 512,
+    screen_tokens: Optional[int] = 512,
     stride: int = 9,
     chunk_elements: int = 1 << 18,
 ) -> PreshiftResult:
@@ -113,13 +105,11 @@ def search_preshift_rho(
     ``ρ̃₀ = min_j bias_for_max(max_j)`` and the shifted range ``m = max_j max_j·2^k_j``.
     Candidates: ``γ·ρ̃₀`` (``grid="bias"``, ``points`` values of ``γ`` in [0.01, 1.2]) or
     ``bias_for_max(r·m)`` (``grid="clip"``, ``r`` in (0.3, 1]), plus ``ρ̃₀`` and
-    ``bias_for_max(m)``. ``act_tokens``, ``stride`` and ``chunk_elements`` are as in
+    ``bias_for_max(m)``. ``screen_tokens``, ``stride`` and ``chunk_elements`` are as in
     :func:`~bitfold.passes.fp_search.search_layer`.
     """
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
-    if points < 1:
-        raise ValueError(f"the grid needs at least one point, got {points}")
     W, X, Wq = (t.detach().to(torch.float32) for t in (W, X, w_quantized))
     if W.shape != Wq.shape or X.dim() != 2 or X.shape[1] != W.shape[1] or k.shape != (W.shape[1],):
         raise ValueError(
@@ -130,15 +120,11 @@ def search_preshift_rho(
     channel_max = channel_max.to(torch.float64)
     rho_init = fmt_a.bias_for_max(channel_max.max()).reshape(1)
     shifted_max = apply_preshift(channel_max, k).max()
-    if grid == "bias":
-        candidates = torch.linspace(GAMMA1, GAMMA2, points, dtype=torch.float64) * rho_init
-    else:
-        ratios = MIN_CLIP_RATIO + (1 - MIN_CLIP_RATIO) * torch.arange(1, points + 1, dtype=torch.float64) / points
-        candidates = fmt_a.bias_for_max(ratios * shifted_max)
+    candidates = bias_candidates(fmt_a, channel_max.max() if grid == "bias" else shifted_max, grid, points)
     extras = torch.cat([rho_init, fmt_a.bias_for_max(shifted_max).reshape(1)])
     objective = ActObjective(W, Wq, X, apply_preshift(X, k), apply_preshift(Wq, -k), chunk_elements)
     error_init = float(objective(fmt_a, rho_init))
-    rho, error = search_act_bias(objective, fmt_a, candidates, extras, error_init, act_tokens, stride)
+    rho, error = search_act_bias(objective, fmt_a, candidates, extras, error_init, screen_tokens, stride)
     norm = float(X.shape[0] * W.shape[0])
     return PreshiftResult(
         rho=float(rho), k=k, mse=error / norm, rho_init=float(rho_init), mse_init=error_init / norm

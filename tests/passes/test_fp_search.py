@@ -212,7 +212,7 @@ def test_format_search_picks_e3m0_for_powers_of_two_and_e1m2_for_uniform_data():
 @pytest.mark.parametrize("grid", ["bias", "clip"])
 def test_search_history_is_monotone_and_matches_a_direct_evaluation(grid):
     W, X = outlier_layer(48, 32, 700)
-    res = search_layer(W, X, 4, 4, grid=grid, act_tokens=256)
+    res = search_layer(W, X, 4, 4, grid=grid, screen_tokens=256)
     values = [m for _, m in res.history]
     assert len(values) == 1 + 3 * 4
     assert all(b <= a * (1 + 1e-5) for a, b in zip(values, values[1:]))
@@ -220,6 +220,22 @@ def test_search_history_is_monotone_and_matches_a_direct_evaluation(grid):
     direct = output_mse(res.quantize_act(X), res.quantize_weight(W), X, W)
     assert res.mse == pytest.approx(direct, rel=1e-4)
     assert res.weight_bias.shape == (48,) and res.act_format in FORMATS[4]
+
+
+def test_screened_search_reports_and_keeps_the_error_on_all_rows():
+    """With K and T above ``screen_tokens`` both steps screen on a subset and confirm on all rows."""
+    W, X = outlier_layer(40, 96, 300, seed=4)
+    res = search_layer(W, X, 4, 4, screen_tokens=64)
+    values = [m for _, m in res.history]
+    assert all(b <= a * (1 + 1e-5) for a, b in zip(values, values[1:]))
+    assert res.mse == pytest.approx(output_mse(res.quantize_act(X), res.quantize_weight(W), X, W), rel=1e-4)
+    assert res.mse <= 1.1 * search_layer(W, X, 4, 4, screen_tokens=None).mse
+    objective = WeightObjective(W, X, X)
+    current = E2M1.bias_for_max(W.abs().amax(1).double()) + 0.4
+    screen = WeightObjective(W, X[:16], X[:16])
+    best, errors = search_weight_bias(objective, E2M1, current, screen=screen)
+    assert bool((errors <= objective(E2M1, current[None])[0]).all())
+    torch.testing.assert_close(errors, objective(E2M1, best[None])[0])
 
 
 def test_coarse_to_fine_is_close_to_exhaustive():
