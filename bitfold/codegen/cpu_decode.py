@@ -1,0 +1,112 @@
+"""Decode one vector of 32-bit code words (8 channels) into 8-lane float vectors, per code.
+
+:meth:`WordDecoder.fields` returns, for each of the ``c`` codes in a word, a float32x8
+expression and a power-of-two ``prescale``. In *scaled* mode (GEMV) the expression is
+``u · 2^pos`` — the code is masked in place, ``word & (mask << pos)``, and converted, one
+instruction less than shift-and-mask — and the caller multiplies the matching activation by
+``prescale = 2^-pos`` once per call, so ``x·2^-pos · u·2^pos = x·u`` exactly. In *exact* mode
+(GEMM tiles, CUDA) the expression is ``u`` itself and the prescale is 1. Fields whose top
+bit is bit 31 are always shifted out (``u·2^pos`` would not fit an int32).
+
+Per decode kind (see :mod:`bitfold.codegen.decode`):
+
+* ``int``: the mask/shift above;
+* ``byte_table`` (AVX2): ``vpshufb`` maps the low and the high nibbles of all 32 bytes to
+  levels at once, then each byte field is masked like an ``int`` code with ``b = 8``;
+* ``float_table``: ``vpermps`` from one (≤ 3 bits) or two (4 bits, chosen by ``vblendvps``
+  on the code's top bit) table registers; wider tables are gathered.
+
+Without AVX2 the tables are gathered (correct everywhere, slower).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from tvm import tirx as tir
+from tvm.script.ir_builder import tirx as T
+
+from bitfold.codegen import vector as V
+from bitfold.codegen.decode import DecodePlan
+
+NIBBLES = 0x0F0F0F0F
+
+
+class WordDecoder:
+    """Emit the decode of code words for one :class:`DecodePlan`."""
+
+    def __init__(self, plan: DecodePlan, table: Optional[tir.Buffer], avx2: bool) -> None:
+        self.plan = plan
+        self.table = table
+        self.avx2 = avx2
+        self.bits = plan.bits
+        self.per_word = 32 // plan.bits
+        self._registers: List[tir.PrimExpr] = []
+
+    def prepare(self) -> None:
+        """Bind loop-invariant table registers (call once, before the loops that decode)."""
+        if not self.avx2:
+            return
+        if self.plan.kind == "byte_table":
+            self._registers = [T.bind(V.load(self.table, 0, lanes=32))]
+        elif self.plan.kind == "float_table" and self.bits <= 4:
+            self._registers = [T.bind(V.load(self.table, 8 * h)) for h in range(1 if self.bits <= 3 else 2)]
+
+    def prescales(self, scaled: bool) -> List[float]:
+        """The ``prescale`` of each code that :meth:`fields` returns (without emitting code)."""
+        if not scaled or self.plan.kind == "float_table" or (self.plan.kind == "byte_table" and not self.avx2):
+            return [1.0] * self.per_word
+        bits = 8 if self.plan.kind == "byte_table" else self.bits
+        out = []
+        for i in range(self.per_word):
+            pos = bits * (i // 2 if self.plan.kind == "byte_table" else i)
+            out.append(1.0 if pos + bits >= 32 else 2.0**-pos)
+        return out
+
+    def _masked(self, word: tir.PrimExpr, bits: int, index: int, scaled: bool) -> Tuple[tir.PrimExpr, float]:
+        """Field ``index`` of ``bits``-bit fields as float32: ``u·2^pos`` (scaled) or ``u``."""
+        pos = bits * index
+        mask = 2**bits - 1
+        if pos + bits >= 32:
+            return V.to_float(V.bitcast("int32x8", word >> V.const(pos, "uint32"))), 1.0
+        if scaled:
+            field = word & V.const(mask << pos, "uint32")
+            return V.to_float(V.bitcast("int32x8", field)), 2.0**-pos
+        field = word if pos == 0 else word >> V.const(pos, "uint32")
+        return V.to_float(V.bitcast("int32x8", field & V.const(mask, "uint32"))), 1.0
+
+    def _index(self, word: tir.PrimExpr, i: int) -> tir.PrimExpr:
+        pos = self.bits * i
+        field = word if pos == 0 else word >> V.const(pos, "uint32")
+        if pos + self.bits < 32:
+            field = field & V.const(2**self.bits - 1, "uint32")
+        return V.bitcast("int32x8", field)
+
+    def fields(self, word: tir.PrimExpr, scaled: bool) -> List[Tuple[tir.PrimExpr, float]]:
+        """``(float32x8, prescale)`` per code of ``word`` (a uint32x8 expression)."""
+        kind = self.plan.kind
+        if kind == "int":
+            return [self._masked(word, self.bits, i, scaled) for i in range(self.per_word)]
+        if kind == "byte_table" and self.avx2:
+            table = self._registers[0]
+            low = T.bind(V.bitcast("uint32x8", V.pshufb(table, word & V.const(NIBBLES, "uint32"))))
+            high = T.bind(V.bitcast("uint32x8", V.pshufb(table, (word >> V.const(4, "uint32")) & V.const(NIBBLES, "uint32"))))
+            return [self._masked(high if i % 2 else low, 8, i // 2, scaled) for i in range(self.per_word)]
+        if kind == "byte_table":
+            return [(V.to_float(tir.Cast("int32x8", self.table[self._index(word, i)])), 1.0) for i in range(self.per_word)]
+        if self.avx2 and self.bits <= 4:
+            return [(self._permute(word, i), 1.0) for i in range(self.per_word)]
+        return [(self.table[self._index(word, i)], 1.0) for i in range(self.per_word)]
+
+    def _permute(self, word: tir.PrimExpr, i: int) -> tir.PrimExpr:
+        pos = self.bits * i
+        index = word if pos == 0 else word >> V.const(pos, "uint32")
+        if self.bits < 3:
+            index = index & V.const(2**self.bits - 1, "uint32")
+        if self.bits <= 3:
+            return V.permps(self._registers[0], index)
+        low = V.permps(self._registers[0], index)
+        high = V.permps(self._registers[1], index)
+        top = pos + 3
+        selector = word << V.const(31 - top, "uint32") if top < 31 else word
+        return V.blendv(low, high, selector)

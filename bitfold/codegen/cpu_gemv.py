@@ -1,0 +1,130 @@
+"""CPU GEMV (one activation row) with the weight decode fused into the multiply-accumulate.
+
+For a tile of 32 output channels (4 vectors of 8 lanes, lanes = channels)::
+
+    y[n] = Σ_g s'[n, g] · Σ_{slot ∈ g} x̃[slot] · u[n, slot]  −  Σ_g zs[n, g] · X[g]  (+ bias[n])
+
+where ``x̃[slot] = x[k(slot)] · 2^-shift[k] · prescale(slot)`` (zero in padding slots) is
+prepared once per call (O(K)), ``X[g] = Σ_{k ∈ g} x[k] · 2^-shift[k]`` serves the zero-point /
+level-offset correction ``zs = z · s'``, and ``u · 2^pos`` comes from
+:class:`~bitfold.codegen.cpu_decode.WordDecoder` in scaled mode. The inner loop is, per
+8 weights, one AND, one int→float convert and one FMA (on AVX2). Accumulators are split
+by code index so that eight FMA chains are in flight: 4 vectors × 2, or, for table decodes,
+which need more registers and take the tile one vector at a time, 1 × 8. Tiles run in
+parallel over the thread pool.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx as tir
+from tvm.script.ir_builder import tirx as T
+
+from bitfold.codegen import vector as V
+from bitfold.codegen.cpu_decode import WordDecoder
+from bitfold.codegen.kernel_args import KernelArgs
+from bitfold.codegen.layout import TILE
+
+VECTORS = TILE // V.LANES
+#: Independent FMA accumulation chains per pass: FMA latency (4) × FMA ports (2).
+CHAINS = 8
+
+
+def prepare_row(a: KernelArgs, row, prescales, xs: tir.Buffer, xg, lead=()) -> None:
+    """Fill ``xs[*lead, slot]`` (activations in slot order, prescaled) and ``xg[g]`` for one row."""
+    L = a.layout
+    c = L.codes_per_word
+    k_total = a.spec.in_features
+    with T.serial(L.groups) as g:
+        if xg is not None:
+            T.buffer_store(xg, tir.const(0.0, "float32"), [g])
+        with T.serial(L.words_per_group) as j:
+            for i in range(c):
+                within = j * c + i
+                k = g * L.group + within
+                valid = tir.all(within < L.group, k < k_total)
+                value = T.bind(tir.Select(valid, a.activation(row, tir.min(k, k_total - 1)), tir.const(0.0, "float32")))
+                slot = (g * L.words_per_group + j) * c + i
+                T.buffer_store(xs, value * tir.const(prescales[i], "float32"), [*lead, slot])
+                if xg is not None:
+                    T.buffer_store(xg, xg[g] + value, [g])
+
+
+def store_tile(a: KernelArgs, row, tile, values: tir.Buffer, offset=0) -> None:
+    """``y[row, tile·32 + j] = values[offset + j] (+ bias)`` for the channels that exist."""
+    n_total = a.spec.out_features
+    full_tiles = n_total // TILE
+
+    def vector_store():
+        for r in range(VECTORS):
+            n0 = tile * TILE + r * V.LANES
+            T.buffer_store(a.y, a.output(V.load(values, offset + r * V.LANES), n0), [row, V.ramp(n0)])
+
+    def scalar_store():
+        with T.serial(TILE) as j:
+            n = tile * TILE + j
+            with T.If(n < n_total):
+                with T.Then():
+                    T.buffer_store(a.y, a.output(values[offset + j], n), [row, n])
+
+    if full_tiles == a.layout.tiles:
+        vector_store()
+        return
+    with T.If(tile < full_tiles):
+        with T.Then():
+            vector_store()
+        with T.Else():
+            scalar_store()
+
+
+def _vectors_per_pass(a: KernelArgs, avx2: bool) -> int:
+    """Channel vectors one pass over K handles: all four, or one where the decode needs more
+    registers (table lookups) and more would spill."""
+    return VECTORS if a.plan.kind == "int" or not avx2 else 1
+
+
+def _tile_pass(a: KernelArgs, decoder: WordDecoder, tile, vectors, xs, xg, total) -> None:
+    """Accumulate the channel vectors ``vectors`` of one tile over all of K into ``total``."""
+    L = a.layout
+    c = L.codes_per_word
+    count = len(vectors)
+    sets = CHAINS // count
+    acc = T.alloc_buffer((sets * count * V.LANES,), "float32", scope="local")
+    with T.serial(L.groups) as g:
+        for q in range(sets * count):
+            T.buffer_store(acc, V.const(0.0, "float32"), [V.ramp(q * V.LANES)])
+        with T.serial(L.words_per_group) as j:
+            w = g * L.words_per_group + j
+            for q, r in enumerate(vectors):
+                word = T.bind(V.load(a.codes, tile, w, r * V.LANES))
+                for i, (value, _) in enumerate(decoder.fields(word, scaled=True)):
+                    slot = ((i % sets) * count + q) * V.LANES
+                    T.buffer_store(acc, V.load(acc, slot) + V.splat(xs[w * c + i]) * value, [V.ramp(slot)])
+        for q, r in enumerate(vectors):
+            lane0 = r * V.LANES
+            dot = V.load(acc, q * V.LANES)
+            for p in range(1, sets):
+                dot = dot + V.load(acc, (p * count + q) * V.LANES)
+            part = dot * V.load(a.scales, tile, g, lane0)
+            if xg is not None:
+                part = part - V.load(a.zero_scales, tile, g, lane0) * V.splat(xg[g])
+            T.buffer_store(total, V.load(total, lane0) + part, [V.ramp(lane0)])
+
+
+def emit_gemv(a: KernelArgs, avx2: bool) -> None:
+    """Emit ``y[0, :] = x[0, :] Ŵᵀ + b`` for the current ``T.prim_func`` frame."""
+    L = a.layout
+    c = L.codes_per_word
+    decoder = WordDecoder(a.plan, a.table, avx2)
+    prescales = decoder.prescales(scaled=True)
+    xs = T.alloc_buffer((L.slots,), "float32")
+    xg = T.alloc_buffer((L.groups,), "float32") if a.zero_scales is not None else None
+    prepare_row(a, 0, prescales, xs, xg)
+    with T.parallel(L.tiles) as tile:
+        decoder.prepare()
+        total = T.alloc_buffer((TILE,), "float32", scope="local")
+        for r in range(VECTORS):
+            T.buffer_store(total, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
+        per_pass = _vectors_per_pass(a, avx2)
+        for first in range(0, VECTORS, per_pass):
+            _tile_pass(a, decoder, tile, range(first, first + per_pass), xs, xg, total)
+        store_tile(a, 0, tile, total)

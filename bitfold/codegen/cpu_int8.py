@@ -1,0 +1,159 @@
+"""CPU kernel with int8 activations (W4A8 / W2A8): ``vpmaddubsw`` on packed weight bytes.
+
+Each row of ``x̃ = x · 2^-shift`` (slot order, zero in padding slots) is quantized on entry
+per block of 32 slots, symmetric, round half to even::
+
+    s_b = max|x̃_b| / 127,   q = clamp(round(x̃ / s_b), -127, 127)
+
+and the layer computes, with weight levels ``u`` (unsigned, ≤ 127) and per-group ``z``::
+
+    y[n] = Σ_g s'[n,g] · Σ_{b∈g} s_b · Σ_{k∈b} q_k u[n,k]  −  zs[n,g] · Σ_{b∈g} s_b Σ_{k∈b} q_k
+
+Lanes are output channels, as in the fp32 GEMV. A word holds 8 (4-bit) or 16 (2-bit)
+consecutive codes of a channel; masking its nibbles (or 2-bit planes) gives, per 32-bit
+lane, 4 codes of 4 different input channels as bytes, and the matching 4 activation bytes
+are one 32-bit broadcast. ``vpmaddubsw`` multiplies and adds byte pairs into int16, which
+are summed while they cannot overflow, widened with ``vpmaddwd`` into int32 per block,
+converted and scaled by ``s_b`` once per block (an emulation of VNNI's ``vpdpbusd``).
+This is the arithmetic ONNX Runtime's MatMulNBits uses at ``accuracy_level=4``.
+The same code serves every ``M``: tiles run in parallel, rows inside a tile.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from tvm import tirx as tir
+from tvm.script.ir_builder import tirx as T
+
+from bitfold.codegen import vector as V
+from bitfold.codegen.cpu_gemv import VECTORS, store_tile
+from bitfold.codegen.inputs import INT8_BLOCK
+from bitfold.codegen.kernel_args import KernelArgs
+from bitfold.codegen.layout import TILE
+
+INT16_MAX = 32767
+QMAX = 127
+
+
+def byte_planes(bits: int) -> int:
+    """Byte-wise planes a word splits into: 2 (nibbles) for 4-bit codes, 4 for 2-bit codes."""
+    return 8 // bits
+
+
+def plane_order(bits: int) -> List[List[int]]:
+    """For each plane, the code index (within a word) held by each of a lane's 4 bytes."""
+    planes = byte_planes(bits)
+    return [[planes * j + p for j in range(4)] for p in range(planes)]
+
+
+def _quantize_rows(a: KernelArgs, packed_q, block_scale, group_sum) -> None:
+    """Quantize every row of x̃ per 32-slot block into ``packed_q`` (4 bytes per int32)."""
+    L = a.layout
+    c = L.codes_per_word
+    k_total = a.spec.in_features
+    words_per_block = INT8_BLOCK // c
+    blocks_per_group = L.words_per_group // words_per_block
+    order = plane_order(L.bits)
+    with T.serial(a.m) as row:
+        with T.serial(L.groups) as g:
+            T.buffer_store(group_sum, tir.const(0.0, "float32"), [row, g])
+            with T.serial(blocks_per_group) as jb:
+                block = g * blocks_per_group + jb
+                values = []
+                for j in range(words_per_block):
+                    for i in range(c):
+                        within = (jb * words_per_block + j) * c + i
+                        k = g * L.group + within
+                        valid = tir.all(within < L.group, k < k_total)
+                        values.append(T.bind(tir.Select(valid, a.activation(row, tir.min(k, k_total - 1)),
+                                                        tir.const(0.0, "float32"))))
+                amax = tir.abs(values[0])
+                for v in values[1:]:
+                    amax = tir.max(amax, tir.abs(v))
+                scale = T.bind(tir.Select(amax > 0, amax / tir.const(QMAX, "float32"), tir.const(1.0, "float32")))
+                T.buffer_store(block_scale, scale, [row, block])
+                quantized = [T.bind(tir.Cast("int32", tir.max(tir.min(tir.nearbyint(v / scale), QMAX), -QMAX)))
+                             for v in values]
+                total = quantized[0]
+                for q in quantized[1:]:
+                    total = total + q
+                T.buffer_store(group_sum, group_sum[row, g] + tir.Cast("float32", total) * scale, [row, g])
+                for j in range(words_per_block):
+                    word = block * words_per_block + j
+                    for p, codes in enumerate(order):
+                        packed = tir.const(0, "int32")
+                        for byte, i in enumerate(codes):
+                            packed = packed | ((quantized[j * c + i] & 0xFF) << (8 * byte))
+                        T.buffer_store(packed_q, packed, [row, word * len(order) + p])
+
+
+def _terms_before_widening(a: KernelArgs) -> int:
+    """How many ``vpmaddubsw`` results can be summed in int16 without overflow."""
+    worst = 2 * a.plan.max_level * QMAX
+    return max(1, INT16_MAX // worst)
+
+
+def emit_int8(a: KernelArgs) -> None:
+    """Emit ``y = x̃ Ŵᵀ + b`` with int8-quantized activations (all rows)."""
+    L = a.layout
+    c = L.codes_per_word
+    planes = byte_planes(L.bits)
+    words_per_block = INT8_BLOCK // c
+    blocks_per_group = L.words_per_group // words_per_block
+    blocks = L.groups * blocks_per_group
+    packed_q = T.alloc_buffer((a.m, L.words * planes), "int32")
+    block_scale = T.alloc_buffer((a.m, blocks), "float32")
+    group_sum = T.alloc_buffer((a.m, L.groups), "float32")
+    _quantize_rows(a, packed_q, block_scale, group_sum)
+    mask = 2**L.bits - 1
+    byte_mask = mask * 0x01010101
+    terms = _terms_before_widening(a)
+    with T.parallel(L.tiles) as tile:
+        table = T.bind(V.load(a.table, 0, lanes=32)) if a.plan.kind == "byte_table" else None
+        ones = T.bind(V.const(1, "int16", lanes=16))
+        with T.serial(a.m) as row:
+            total = T.alloc_buffer((TILE,), "float32", scope="local")
+            part = T.alloc_buffer((TILE,), "float32", scope="local")
+            for r in range(VECTORS):
+                T.buffer_store(total, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
+            with T.serial(L.groups) as g:
+                for r in range(VECTORS):
+                    T.buffer_store(part, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
+                with T.serial(blocks_per_group) as jb:
+                    block = g * blocks_per_group + jb
+                    dots = [None] * VECTORS
+                    sums = [None] * VECTORS
+                    pending = [0] * VECTORS
+                    for j in range(words_per_block):
+                        word_index = block * words_per_block + j
+                        acts = [T.bind(tir.reinterpret("int8x32", V.splat(packed_q[row, word_index * planes + p])))
+                                for p in range(planes)]
+                        for r in range(VECTORS):
+                            word = T.bind(V.load(a.codes, tile, word_index, r * V.LANES))
+                            for p in range(planes):
+                                plane = word if p == 0 else word >> V.const(L.bits * p, "uint32")
+                                plane = plane & V.const(byte_mask, "uint32")
+                                if table is not None:
+                                    plane = V.pshufb(table, plane)
+                                term = V.maddubs(plane, acts[p])
+                                sums[r] = term if sums[r] is None else sums[r] + term
+                                pending[r] += 1
+                                if pending[r] == terms:
+                                    widened = V.madd_words(sums[r], ones)
+                                    dots[r] = widened if dots[r] is None else dots[r] + widened
+                                    sums[r], pending[r] = None, 0
+                    scale = T.bind(V.splat(block_scale[row, block]))
+                    for r in range(VECTORS):
+                        if sums[r] is not None:
+                            widened = V.madd_words(sums[r], ones)
+                            dots[r] = widened if dots[r] is None else dots[r] + widened
+                        lane0 = r * V.LANES
+                        T.buffer_store(part, V.load(part, lane0) + V.to_float(dots[r]) * scale, [V.ramp(lane0)])
+                for r in range(VECTORS):
+                    lane0 = r * V.LANES
+                    value = V.load(part, lane0) * V.load(a.scales, tile, g, lane0)
+                    if a.zero_scales is not None:
+                        value = value - V.load(a.zero_scales, tile, g, lane0) * V.splat(group_sum[row, g])
+                    T.buffer_store(total, V.load(total, lane0) + value, [V.ramp(lane0)])
+            store_tile(a, row, tile, total)
