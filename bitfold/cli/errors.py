@@ -8,23 +8,34 @@ shows its traceback.
 
 from __future__ import annotations
 
+import sys
+
 
 class CLIError(Exception):
     """A problem with what the user asked for, raised by the CLI itself."""
 
 
-def user_error_types() -> tuple:
-    """The exception types whose message is meant for the user (imported lazily: they pull in torch)."""
-    from bitfold.api.report import AnalysisError
-    from bitfold.ir import CaptureError, OnnxImportError
-    from bitfold.ir.formats import FormatError
-    from bitfold.ir.serialize import GraphFormatError
-    from bitfold.passes.calibration import CalibrationError
-    from bitfold.recipes import RecipeError
-    from bitfold.zoo import ZooMissingError
+#: Where the user-facing exception types live; looked up only in modules already imported.
+_USER_ERRORS = (
+    ("bitfold.api.report.layers", "AnalysisError"),
+    ("bitfold.ir.capture", "CaptureError"),
+    ("bitfold.ir.onnx_import.errors", "OnnxImportError"),
+    ("bitfold.ir.formats.base", "FormatError"),
+    ("bitfold.ir.serialize", "GraphFormatError"),
+    ("bitfold.passes.calibration", "CalibrationError"),
+    ("bitfold.recipes.recipe", "RecipeError"),
+    ("bitfold.zoo._common", "ZooMissingError"),
+)
 
-    return (CLIError, AnalysisError, CaptureError, OnnxImportError, FormatError, GraphFormatError,
-            CalibrationError, RecipeError, ZooMissingError, OSError, ValueError)
+
+def user_error_types() -> tuple:
+    """The exception types whose message is meant for the user.
+
+    A module that was never imported cannot have raised its exception, so only imported
+    ones are consulted: classifying an error never imports torch.
+    """
+    found = [getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules]
+    return (CLIError, OSError, ValueError, *found)
 
 
 def one_line(err: BaseException) -> str:

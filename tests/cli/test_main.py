@@ -62,3 +62,25 @@ def test_unknown_recipe_is_one_line(capsys):
     code, out, err = run_cli(capsys, "recipes", "w4a4-fq")
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "unknown recipe 'w4a4-fq'" in err and "w4a4-fp" in err
+
+
+def test_user_error_types_resolve():
+    import importlib
+
+    from bitfold.cli.errors import _USER_ERRORS
+
+    for module, name in _USER_ERRORS:
+        assert isinstance(getattr(importlib.import_module(module), name), type), (module, name)
+
+
+def test_internal_errors_say_so_and_debug_shows_the_traceback(capsys, monkeypatch):
+    from bitfold.cli import recipes
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(recipes, "run", broken)
+    code, _, err = run_cli(capsys, "recipes")
+    assert code == 3 and "internal error (KeyError)" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(KeyError):
+        main(["--debug", "recipes"])
