@@ -13,7 +13,11 @@ def __getattr__(name: str):
         from bitfold import api
 
         return getattr(api, name)
+    if name == "export_onnx":
+        from bitfold.backends.onnx import export_onnx
+
+        return export_onnx
     raise AttributeError(f"module 'bitfold' has no attribute {name!r}")
 
 
-__all__ = ["QuantizedModel", "quantize", "__version__"]
+__all__ = ["QuantizedModel", "export_onnx", "quantize", "__version__"]
