@@ -14,7 +14,7 @@ from bitfold.codegen import vector as V
 from bitfold.codegen.cpu_gemm import emit_gemm
 from bitfold.codegen.cpu_gemv import emit_gemv
 from bitfold.codegen.cpu_int8 import emit_int8
-from bitfold.codegen.cuda import emit_cuda
+from bitfold.codegen.cuda import emit_cuda_gemm, emit_cuda_gemv
 from bitfold.codegen.kernel_args import KernelArgs, declare_args
 from bitfold.codegen.spec import KernelError, LinearKernelSpec
 
@@ -93,7 +93,7 @@ def build_linear_kernel(spec: LinearKernelSpec, target: TargetLike, m: Optional[
             rows = tir.Var("m", "int64") if m is None else m
             args = declare_args(spec, rows)
             if kind == "cuda":
-                emit_cuda(args, m)
+                _dispatch(args, m, lambda: emit_cuda_gemv(args), lambda: emit_cuda_gemm(args))
             elif spec.int8_activations:
                 emit_int8(args)
             else:
