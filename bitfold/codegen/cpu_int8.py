@@ -55,37 +55,36 @@ def _quantize_rows(a: KernelArgs, packed_q, block_scale, group_sum) -> None:
     words_per_block = INT8_BLOCK // c
     blocks_per_group = L.words_per_group // words_per_block
     order = plane_order(L.bits)
+
+    def value(row, g, within):
+        k = g * L.group + within
+        valid = tir.all(within < L.group, k < k_total)
+        return tir.Select(valid, a.activation(row, tir.min(k, k_total - 1)), tir.const(0.0, "float32"))
+
     with T.serial(a.m) as row:
         with T.serial(L.groups) as g:
             T.buffer_store(group_sum, tir.const(0.0, "float32"), [row, g])
             with T.serial(blocks_per_group) as jb:
                 block = g * blocks_per_group + jb
-                values = []
-                for j in range(words_per_block):
-                    for i in range(c):
-                        within = (jb * words_per_block + j) * c + i
-                        k = g * L.group + within
-                        valid = tir.all(within < L.group, k < k_total)
-                        values.append(T.bind(tir.Select(valid, a.activation(row, tir.min(k, k_total - 1)),
-                                                        tir.const(0.0, "float32"))))
-                amax = tir.abs(values[0])
-                for v in values[1:]:
-                    amax = tir.max(amax, tir.abs(v))
-                scale = T.bind(tir.Select(amax > 0, amax / tir.const(QMAX, "float32"), tir.const(1.0, "float32")))
+                amax = T.alloc_buffer((1,), "float32", scope="local")
+                total = T.alloc_buffer((1,), "int32", scope="local")
+                T.buffer_store(amax, tir.const(0.0, "float32"), [0])
+                T.buffer_store(total, tir.const(0, "int32"), [0])
+                with T.serial(INT8_BLOCK) as s:
+                    T.buffer_store(amax, tir.max(amax[0], tir.abs(value(row, g, jb * INT8_BLOCK + s))), [0])
+                scale = T.bind(tir.Select(amax[0] > 0, amax[0] / tir.const(QMAX, "float32"), tir.const(1.0, "float32")))
                 T.buffer_store(block_scale, scale, [row, block])
-                quantized = [T.bind(tir.Cast("int32", tir.max(tir.min(tir.nearbyint(v / scale), QMAX), -QMAX)))
-                             for v in values]
-                total = quantized[0]
-                for q in quantized[1:]:
-                    total = total + q
-                T.buffer_store(group_sum, group_sum[row, g] + tir.Cast("float32", total) * scale, [row, g])
-                for j in range(words_per_block):
-                    word = block * words_per_block + j
+                with T.serial(words_per_block) as j:
                     for p, codes in enumerate(order):
                         packed = tir.const(0, "int32")
                         for byte, i in enumerate(codes):
-                            packed = packed | ((quantized[j * c + i] & 0xFF) << (8 * byte))
+                            v = value(row, g, (jb * words_per_block + j) * c + i)
+                            q = T.bind(tir.Cast("int32", tir.max(tir.min(tir.nearbyint(v / scale), QMAX), -QMAX)))
+                            T.buffer_store(total, total[0] + q, [0])
+                            packed = packed | ((q & 0xFF) << (8 * byte))
+                        word = block * words_per_block + j
                         T.buffer_store(packed_q, packed, [row, word * len(order) + p])
+                T.buffer_store(group_sum, group_sum[row, g] + tir.Cast("float32", total[0]) * scale, [row, g])
 
 
 def _terms_before_widening(a: KernelArgs) -> int:
