@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import os
 import time
@@ -16,8 +17,10 @@ from bitfold.ir import CaptureError, from_onnx, from_torch
 from bitfold.passes import EliminateDeadCode, PassManager, run_standard_passes
 from bitfold.passes.calibration import calibrate
 from bitfold.passes.fold_preshift import FoldPreshift
+from bitfold.passes.fuse_split_linears import FuseSplitLinears
 from bitfold.passes.quantize_linears import QuantizeLinears
-from bitfold.recipes import Recipe, load_recipe
+from bitfold.passes.split_layers import SPLIT_KEY, SplitLayers
+from bitfold.recipes import Recipe, SplitSpec, load_recipe
 
 ModelLike = Union[torch.nn.Module, str, os.PathLike, onnx.ModelProto]
 
@@ -48,6 +51,13 @@ def _capture_dynamic(model: torch.nn.Module, example: Tuple[Any, ...], data: Seq
         return from_torch(model, example, dynamic_shapes=_dynamic_shapes(example, data, batch=False))
 
 
+def _split(gm: torch.fx.GraphModule, spec: SplitSpec, layers: Sequence[torch.fx.Node], example: Tuple[Any, ...]):
+    """SplitQuant: split the chosen layers of the kinds ``spec`` names (verified on ``example``)."""
+    names = [n.name for n in layers if "linear" in spec.layers and not any(
+        fnmatch.fnmatch(name, p) for p in spec.exclude for name in (n.name, str(n.args[1].target)))]
+    PassManager([SplitLayers(spec.k, spec.per_channel, kinds=["linear"], layers=names)], sample_inputs=example).run(gm)
+
+
 def quantize(
     model: ModelLike,
     recipe: Union[str, os.PathLike, Recipe],
@@ -74,10 +84,18 @@ def quantize(
         gm = from_onnx(model)
     run_standard_passes(gm, sample_inputs=example)
     layers, kept_float = select_layers(gm, recipe)
+    if recipe.split is not None:
+        _split(gm, recipe.split, layers, example)
+        layers, kept_float = select_layers(gm, recipe)
     stats = calibrate(gm, data, layers=layers, max_tokens=recipe.calibration_tokens, progress=progress)
     plan = plan_quantization(gm, recipe, stats, layers)
+    for report in plan.reports:
+        part = next(n for n in layers if n.name == report.layer).meta.get(SPLIT_KEY)
+        if part is not None:
+            report.notes.append(f"SplitQuant part {part['part'] + 1}/{part['clusters']} of {part['layer']}")
     QuantizeLinears(plan.weights, plan.activations).run(gm)
-    PassManager([FoldPreshift(), EliminateDeadCode()], sample_inputs=example).run(gm)
+    fuse = [FuseSplitLinears()] if recipe.split is not None else []
+    PassManager([*fuse, FoldPreshift(), EliminateDeadCode()], sample_inputs=example).run(gm)
     info = {"source": gm.meta.get("bitfold_source"), "calibration_items": len(data),
             "seconds": round(time.perf_counter() - start, 2)}
     return QuantizedModel(gm, recipe.describe(), plan.reports, kept_float, info)

@@ -9,11 +9,46 @@ import torch
 from torch import fx
 
 from bitfold.api.plan import LayerReport
+from bitfold.ir.graph_utils import attr_value
 from bitfold.ir.serialize import load_graph, read_extra_meta, save_graph
 
 
 def _fmt(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.3g}"
+
+
+#: Quantized weight ops → positions of (out_features, in_features) and of the stored weight
+#: tensors by role. Biases and activation shifts are not weight storage and are not counted.
+_WEIGHT_ARGS = {
+    torch.ops.bitfold.quantized_linear.default: ((3, 4), {"codes": (1,), "scales": (5, 7)}),
+    torch.ops.bitfold.codebook_linear.default: ((4, 5), {"codes": (1,), "cluster_ids": (2,), "scales": (7, 9)}),
+}
+
+
+def weight_memory(gm: fx.GraphModule) -> Dict[str, Any]:
+    """Bits per weight of every quantized layer and of all of them together, as stored.
+
+    Counts the bytes of each layer's packed codes, packed cluster ids (SplitQuant), scales
+    and zero points (``scales`` covers both), divided by the layer's number of weights, so
+    recipes compare at equal memory. Keyed by the quantized node's name.
+    """
+    layers: Dict[str, Any] = {}
+    for node in gm.graph.nodes:
+        spec = _WEIGHT_ARGS.get(node.target) if node.op == "call_function" else None
+        if spec is None:
+            continue
+        (n_pos, k_pos), roles = spec
+        weights = int(node.args[n_pos]) * int(node.args[k_pos])
+        bits = {}
+        for role, positions in roles.items():
+            values = [attr_value(gm, node.args[p]) for p in positions if len(node.args) > p]
+            bits[role] = sum(8 * v.numel() * v.element_size() for v in values if v is not None)
+        layers[node.name] = {"weights": weights, "bits": bits,
+                             "bits_per_weight": round(sum(bits.values()) / weights, 4)}
+    total_weights = sum(r["weights"] for r in layers.values())
+    total_bits = sum(sum(r["bits"].values()) for r in layers.values())
+    return {"layers": layers, "quantized_weights": total_weights,
+            "bits_per_weight": round(total_bits / total_weights, 4) if total_weights else None}
 
 
 class QuantizedModel:
@@ -44,6 +79,7 @@ class QuantizedModel:
             "layers": [dataclasses.asdict(r) for r in self.layers],
             "kept_float": self.kept_float,
             "info": self.info,
+            "memory": weight_memory(self.graph_module),
         }
 
     def save(self, directory: Any, overwrite: bool = False) -> None:
@@ -78,4 +114,8 @@ class QuantizedModel:
                line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
         for name, why in self.kept_float.items():
             out.append(f"float: {name}: {why}")
+        memory = weight_memory(self.graph_module)
+        if memory["quantized_weights"]:
+            out.append(f"weights: {memory['bits_per_weight']:.3f} bits/weight over {memory['quantized_weights']:,} "
+                       "quantized weights (codes, cluster ids, scales and zero points as stored)")
         return "\n".join(out)

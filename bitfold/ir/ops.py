@@ -22,6 +22,21 @@ group_size, weight_zero_point, input_shift, bias) -> Tensor``
 bias, stride, padding, dilation, groups, activation)``
     A linear / 2-D convolution with its bias and elementwise activation (``relu``, ``gelu``,
     ``silu``…, or ``none``) in one node: the pattern that backends lower to one kernel.
+
+``bitfold::codebook_linear(x, packed_codes, packed_ids, fmt, out_features, in_features,
+clusters, weight_scale, group_size, weight_zero_point, input_shift, bias) -> Tensor``
+    A SplitQuant layer in one GEMM: ``y = (x · 2^-input_shift) @ Ŵᵀ + bias`` where every
+    weight element carries a ``fmt`` code and a cluster id ``c`` (``ceil(log2 clusters)``
+    bits, packed like the codes) and decodes with its cluster's scale and zero point::
+
+        Ŵ[n, j] = decode(code[n, j]; weight_scale[c, n, g(j)], weight_zero_point[c, n, g(j)])
+
+    ``weight_scale`` is ``[clusters, N]`` (per output channel) or ``[clusters, N,
+    ceil(K / group_size)]``; ``g(j) = j // group_size``. This equals the sum of the
+    ``clusters`` layers SplitQuant would run, ``Σ_c x @ Ŵ_cᵀ``, whenever each cluster's
+    quantizer maps the zeros outside the cluster to zero — at a third of the GEMMs and with
+    one weight matrix of ``bits + ceil(log2 clusters)`` bits per element instead of
+    ``clusters`` matrices of ``bits``.
 """
 
 from __future__ import annotations
@@ -205,3 +220,149 @@ def _(x, weight, bias, stride, padding, dilation, groups, activation):
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     return x.new_empty((n, weight.shape[0], oh, ow))
+
+
+def cluster_id_bits(clusters: int) -> int:
+    """Bits per cluster id in a codebook weight: ``ceil(log2 clusters)``, at least 1."""
+    if not 2 <= clusters <= 256:
+        raise ValueError(f"a codebook weight has 2 to 256 clusters, got {clusters}")
+    return max(1, (clusters - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class CodebookWeight:
+    """A SplitQuant weight in codebook form: packed codes, packed cluster ids, per-cluster scales."""
+
+    packed_codes: torch.Tensor
+    packed_ids: torch.Tensor
+    fmt: str
+    out_features: int
+    in_features: int
+    clusters: int
+    scale: torch.Tensor
+    group_size: Optional[int] = None
+    zero_point: Optional[torch.Tensor] = None
+
+    def unpack(self) -> torch.Tensor:
+        """The dequantized ``[out_features, in_features]`` float32 weight."""
+        return unpack_codebook_weight(
+            self.packed_codes, self.packed_ids, self.fmt, self.out_features, self.in_features, self.clusters,
+            self.scale, self.group_size, self.zero_point,
+        )
+
+
+def _codebook_format(fmt: str) -> Format:
+    f = formats.get(fmt)
+    if isinstance(f, BlockFormat):
+        raise ValueError(
+            f"codebook weights take per-channel or per-group scales; {f.name} is a block format whose "
+            "scales come from its own blocks"
+        )
+    return f
+
+
+def _check_cluster_params(
+    scale: torch.Tensor, zero_point: Optional[torch.Tensor], clusters: int, n: int, k: int,
+    group_size: Optional[int],
+) -> int:
+    """The number of scale groups per row; raises when ``scale``/``zero_point`` do not fit."""
+    groups = 1 if group_size is None else -(-k // group_size)
+    expected = (clusters, n) if group_size is None else (clusters, n, groups)
+    if tuple(scale.shape) != expected:
+        raise ValueError(f"codebook weight: scale has shape {tuple(scale.shape)}, expected {expected} "
+                         f"({clusters} clusters, {n} output channels"
+                         + ("" if group_size is None else f", {groups} groups of {group_size}") + ")")
+    if zero_point is not None and tuple(zero_point.shape) != expected:
+        raise ValueError(f"codebook weight: zero point has shape {tuple(zero_point.shape)}, expected {expected}")
+    return groups
+
+
+def _per_element(values: torch.Tensor, ids: torch.Tensor, groups: int, group_size: Optional[int]) -> torch.Tensor:
+    """``values[ids[n, j], n, j // group_size]`` for every element, by one flat gather."""
+    n, k = ids.shape
+    column = torch.zeros(k, dtype=torch.int64, device=ids.device) if group_size is None else (
+        torch.arange(k, device=ids.device) // group_size)
+    row = torch.arange(n, device=ids.device)[:, None] * groups
+    return values.reshape(-1).to(ids.device)[(ids * n * groups + row) + column]
+
+
+def codebook_from_codes(
+    codes: torch.Tensor,
+    ids: torch.Tensor,
+    fmt: str,
+    scale: torch.Tensor,
+    group_size: Optional[int] = None,
+    zero_point: Optional[torch.Tensor] = None,
+) -> CodebookWeight:
+    """Pack ``[N, K]`` format ``codes`` and cluster ``ids`` with per-cluster ``scale`` / ``zero_point``."""
+    f = _codebook_format(fmt)
+    if codes.dim() != 2 or codes.shape != ids.shape:
+        raise ValueError(f"codebook weight: codes {tuple(codes.shape)} and ids {tuple(ids.shape)} must be the same "
+                         "[out_features, in_features] shape")
+    clusters = scale.shape[0]
+    _check_cluster_params(scale, zero_point, clusters, codes.shape[0], codes.shape[1], group_size)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= clusters):
+        raise ValueError(f"codebook weight: cluster ids must lie in [0, {clusters - 1}]")
+    return CodebookWeight(
+        formats.pack(codes, f.bits), formats.pack(ids, cluster_id_bits(clusters)), f.name, codes.shape[0],
+        codes.shape[1], clusters, scale.to(torch.float32), group_size,
+        None if zero_point is None else zero_point.to(torch.float32),
+    )
+
+
+def unpack_codebook_weight(
+    packed_codes: torch.Tensor,
+    packed_ids: torch.Tensor,
+    fmt: str,
+    out_features: int,
+    in_features: int,
+    clusters: int,
+    scale: torch.Tensor,
+    group_size: Optional[int] = None,
+    zero_point: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The float32 ``[out_features, in_features]`` weight of a codebook weight (module docstring)."""
+    f = _codebook_format(fmt)
+    numel = out_features * in_features
+    groups = _check_cluster_params(scale, zero_point, clusters, out_features, in_features, group_size)
+    codes = formats.unpack(packed_codes, f.bits, numel).reshape(out_features, in_features)
+    ids = formats.unpack(packed_ids, cluster_id_bits(clusters), numel).reshape(out_features, in_features).long()
+    if numel and int(ids.max()) >= clusters:
+        raise ValueError(f"codebook weight: cluster id {int(ids.max())} out of range for {clusters} clusters")
+    s = _per_element(scale.to(torch.float32), ids, groups, group_size)
+    z = None if zero_point is None else _per_element(zero_point.to(torch.float32), ids, groups, group_size)
+    return f.decode(codes, s, zero_point=z)
+
+
+@torch.library.custom_op("bitfold::codebook_linear", mutates_args=())
+def codebook_linear(
+    x: torch.Tensor,
+    packed_codes: torch.Tensor,
+    packed_ids: torch.Tensor,
+    fmt: str,
+    out_features: int,
+    in_features: int,
+    clusters: int,
+    weight_scale: torch.Tensor,
+    group_size: Optional[int] = None,
+    weight_zero_point: Optional[torch.Tensor] = None,
+    input_shift: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"bitfold::codebook_linear: input has {x.shape[-1]} features, the weight expects {in_features}"
+        )
+    w = unpack_codebook_weight(packed_codes, packed_ids, fmt, out_features, in_features, clusters, weight_scale,
+                               group_size, weight_zero_point)
+    xf = x.to(torch.float32)
+    if input_shift is not None:
+        xf = torch.ldexp(xf, -input_shift.to(device=x.device, dtype=torch.int32))
+    y = torch.nn.functional.linear(xf, w.to(x.device), None if bias is None else bias.to(torch.float32))
+    return y.to(x.dtype)
+
+
+@codebook_linear.register_fake
+def _(x, packed_codes, packed_ids, fmt, out_features, in_features, clusters, weight_scale, group_size=None,
+      weight_zero_point=None, input_shift=None, bias=None):
+    return x.new_empty((*x.shape[:-1], out_features))

@@ -50,6 +50,16 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
+class SplitSpec:
+    """SplitQuant layer splitting before quantization (:mod:`bitfold.passes.split_layers`)."""
+
+    k: int = 3                            # clusters per layer, 2 to 4
+    per_channel: bool = True              # cluster each output channel's values, or the whole layer's
+    layers: List[str] = field(default_factory=lambda: ["linear"])   # kinds to split, among those quantized
+    exclude: List[str] = field(default_factory=list)                # name patterns never split
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     version: int
@@ -58,6 +68,7 @@ class Recipe:
     activations: Optional[TensorSpec] = None
     search: SearchSpec = SearchSpec()
     smoothquant_alpha: Optional[float] = None
+    split: Optional[SplitSpec] = None
     layers: List[str] = field(default_factory=lambda: ["linear"])
     exclude: List[str] = field(default_factory=list)
     calibration_samples: int = 128
@@ -127,6 +138,21 @@ def _validate(recipe: Recipe, where: str) -> None:
     bad = sorted(set(recipe.layers) - {"linear", "act_matmul", "embedding", "conv"})
     if bad:
         raise RecipeError(f"{where}: unknown layer kind(s) {', '.join(bad)}")
+    if recipe.split is not None:
+        _validate_split(recipe.split, recipe.layers, where)
+
+
+def _validate_split(split: SplitSpec, quantized: List[str], where: str) -> None:
+    if not isinstance(split.k, int) or not 2 <= split.k <= 4:
+        raise RecipeError(f"{where}: split.k must be an integer from 2 to 4, not {split.k!r}")
+    bad = sorted(set(split.layers) - {"linear", "conv", "embedding"})
+    if bad:
+        raise RecipeError(f"{where}: split.layers: unknown layer kind(s) {', '.join(bad)}; "
+                          "known: linear, conv, embedding")
+    unquantized = sorted(set(split.layers) - set(quantized))
+    if unquantized:
+        raise RecipeError(f"{where}: split.layers names {', '.join(unquantized)}, which the recipe does not quantize "
+                          f"(layers: {', '.join(quantized)}); a split layer that stays float only costs time")
 
 
 def parse_recipe(data: Dict[str, Any], source: str = "<dict>") -> Recipe:
@@ -145,6 +171,8 @@ def parse_recipe(data: Dict[str, Any], source: str = "<dict>") -> Recipe:
         data["activations"] = _build(TensorSpec, data["activations"], f"{source}: activations")
     if "search" in data:
         data["search"] = _build(SearchSpec, data["search"], f"{source}: search")
+    if data.get("split") is not None:
+        data["split"] = _build(SplitSpec, data["split"], f"{source}: split")
     recipe = _build(Recipe, {**data, "source": source}, source)
     _validate(recipe, source)
     return recipe
