@@ -35,7 +35,9 @@ from torch import fx
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 import bitfold
-from bitfold.backends.onnx import decompositions, lower_fake_quantize, lower_quantized_linear  # noqa: F401
+from bitfold.backends.onnx import (  # noqa: F401  (importing registers the lowerings)
+    decompositions, lower_codebook_linear, lower_fake_quantize, lower_quantized_linear,
+)
 from bitfold.backends.onnx.capture import export_graph
 from bitfold.backends.onnx.dynamic_axes import DynamicAxes, dynamic_shapes, name_dynamic_axes
 from bitfold.backends.onnx.errors import OnnxExportError
