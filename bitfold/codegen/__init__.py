@@ -14,7 +14,7 @@ The interface the graph lowering (:mod:`bitfold.backends.tvm`) uses::
     # func(x [M, K], *arrays, y [M, N]): destination-passing, so relax.call_tir works;
     # M is symbolic when m is None (GEMV code for M == 1, GEMM code otherwise).
 
-``kernel_arg_names(spec)`` names the arguments (``x, codes, [table], scales, [zero_scales],
+``kernel_arg_names(spec)`` names the arguments (``x, codes, [table], scales, [zero_points],
 [shift], [bias], y``); see :mod:`bitfold.codegen.inputs` for each array's shape and meaning.
 ``LinearKernelSpec(..., int8_activations=True)`` selects the W4A8/W2A8 CPU variant, which
 quantizes activations per block of 32 to int8 inside the kernel (ONNX Runtime's

@@ -5,8 +5,8 @@ expression and a power-of-two ``prescale``. In *scaled* mode (GEMV) the expressi
 ``u · 2^pos`` — the code is masked in place, ``word & (mask << pos)``, and converted, one
 instruction less than shift-and-mask — and the caller multiplies the matching activation by
 ``prescale = 2^-pos`` once per call, so ``x·2^-pos · u·2^pos = x·u`` exactly. In *exact* mode
-(GEMM tiles, CUDA) the expression is ``u`` itself and the prescale is 1. Fields whose top
-bit is bit 31 are always shifted out (``u·2^pos`` would not fit an int32).
+(GEMM tiles) the expression is ``u`` itself and the prescale is 1. A field that could reach
+bit 31 in place (``u·2^pos ≥ 2^31`` does not fit an int32) is always shifted out.
 
 Per decode kind (see :mod:`bitfold.codegen.decode`):
 
@@ -52,24 +52,33 @@ class WordDecoder:
         elif self.plan.kind == "float_table" and self.bits <= 4:
             self._registers = [T.bind(V.load(self.table, 8 * h)) for h in range(1 if self.bits <= 3 else 2)]
 
+    def _field_bits(self) -> Tuple[int, int]:
+        """(width, largest value) of the fields that are masked: codes, or table levels."""
+        if self.plan.kind == "byte_table":
+            return 8, self.plan.max_level
+        return self.bits, 2**self.bits - 1
+
+    def _shifted(self, index: int) -> bool:
+        """Whether field ``index`` is shifted out: masked in place it would not fit an int32."""
+        width, largest = self._field_bits()
+        return largest * 2 ** (width * index) >= 2**31
+
     def prescales(self, scaled: bool) -> List[float]:
         """The ``prescale`` of each code that :meth:`fields` returns (without emitting code)."""
         if not scaled or self.plan.kind == "float_table" or (self.plan.kind == "byte_table" and not self.avx2):
             return [1.0] * self.per_word
-        bits = 8 if self.plan.kind == "byte_table" else self.bits
-        out = []
-        for i in range(self.per_word):
-            pos = bits * (i // 2 if self.plan.kind == "byte_table" else i)
-            out.append(1.0 if pos + bits >= 32 else 2.0**-pos)
-        return out
+        width, _ = self._field_bits()
+        fields = [i // 2 if self.plan.kind == "byte_table" else i for i in range(self.per_word)]
+        return [1.0 if self._shifted(f) else 2.0 ** -(width * f) for f in fields]
 
-    def _masked(self, word: tir.PrimExpr, bits: int, index: int, scaled: bool) -> Tuple[tir.PrimExpr, float]:
-        """Field ``index`` of ``bits``-bit fields as float32: ``u·2^pos`` (scaled) or ``u``."""
-        pos = bits * index
-        mask = 2**bits - 1
-        if pos + bits >= 32:
+    def _masked(self, word: tir.PrimExpr, index: int, scaled: bool) -> Tuple[tir.PrimExpr, float]:
+        """Field ``index`` as float32: ``u·2^pos`` (scaled) or ``u``."""
+        width, _ = self._field_bits()
+        pos = width * index
+        mask = 2**width - 1
+        if self._shifted(index) and pos + width >= 32:
             return V.to_float(V.bitcast("int32x8", word >> V.const(pos, "uint32"))), 1.0
-        if scaled:
+        if scaled and not self._shifted(index):
             field = word & V.const(mask << pos, "uint32")
             return V.to_float(V.bitcast("int32x8", field)), 2.0**-pos
         field = word if pos == 0 else word >> V.const(pos, "uint32")
@@ -86,12 +95,12 @@ class WordDecoder:
         """``(float32x8, prescale)`` per code of ``word`` (a uint32x8 expression)."""
         kind = self.plan.kind
         if kind == "int":
-            return [self._masked(word, self.bits, i, scaled) for i in range(self.per_word)]
+            return [self._masked(word, i, scaled) for i in range(self.per_word)]
         if kind == "byte_table" and self.avx2:
             table = self._registers[0]
             low = T.bind(V.bitcast("uint32x8", V.pshufb(table, word & V.const(NIBBLES, "uint32"))))
             high = T.bind(V.bitcast("uint32x8", V.pshufb(table, (word >> V.const(4, "uint32")) & V.const(NIBBLES, "uint32"))))
-            return [self._masked(high if i % 2 else low, 8, i // 2, scaled) for i in range(self.per_word)]
+            return [self._masked(high if i % 2 else low, i // 2, scaled) for i in range(self.per_word)]
         if kind == "byte_table":
             return [(V.to_float(tir.Cast("int32x8", self.table[self._index(word, i)])), 1.0) for i in range(self.per_word)]
         if self.avx2 and self.bits <= 4:

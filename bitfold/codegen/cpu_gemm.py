@@ -3,7 +3,7 @@
 Per tile of 32 output channels and chunk of ~128 K slots, the chunk's weights are decoded
 once into a float32 stack buffer ``B[slot, 32]`` (16 KB, L1-resident)::
 
-    B[slot, n] = u[n, slot] · s'[n, g] − zs[n, g]        (= Ŵ[n, k(slot)])
+    B[slot, n] = (u[n, slot] − z[n, g]) · s'[n, g]        (= Ŵ[n, k(slot)])
 
 and then a register-blocked micro-kernel adds ``x̃[m, slot] · B[slot, :]`` for blocks of
 4 rows × 16 channels (8 accumulator vectors, 2 B loads and 4 broadcasts per 8 FMAs; the
@@ -38,9 +38,9 @@ def _decode_chunk(a: KernelArgs, decoder: WordDecoder, tile, first_word, words: 
             lane0 = r * V.LANES
             word = T.bind(V.load(a.codes, tile, w, lane0))
             scale = T.bind(V.load(a.scales, tile, g, lane0))
-            zero = T.bind(V.load(a.zero_scales, tile, g, lane0)) if a.zero_scales is not None else None
+            zero = T.bind(a.zero_vector(tile, g, lane0)) if a.zero_points is not None else None
             for i, (value, _) in enumerate(decoder.fields(word, scaled=False)):
-                weight = value * scale if zero is None else value * scale - zero
+                weight = value * scale if zero is None else (value - zero) * scale
                 T.buffer_store(b, weight, [jw * c + i, V.ramp(lane0)])
 
 

@@ -2,15 +2,16 @@
 
 For a tile of 32 output channels (4 vectors of 8 lanes, lanes = channels)::
 
-    y[n] = Σ_g s'[n, g] · Σ_{slot ∈ g} x̃[slot] · u[n, slot]  −  Σ_g zs[n, g] · X[g]  (+ bias[n])
+    y[n] = Σ_g s'[n, g] · (Σ_{slot ∈ g} x̃[slot] · u[n, slot]  −  z[n, g] · X[g])  (+ bias[n])
 
 where ``x̃[slot] = x[k(slot)] · 2^-shift[k] · prescale(slot)`` (zero in padding slots) is
 prepared once per call (O(K)), ``X[g] = Σ_{k ∈ g} x[k] · 2^-shift[k]`` serves the zero-point /
-level-offset correction ``zs = z · s'``, and ``u · 2^pos`` comes from
+level-offset correction, and ``u · 2^pos`` comes from
 :class:`~bitfold.codegen.cpu_decode.WordDecoder` in scaled mode. The inner loop is, per
 8 weights, one AND, one int→float convert and one FMA (on AVX2). Accumulators are split
-by code index so that eight FMA chains are in flight: 4 vectors × 2, or, for table decodes,
-which need more registers and take the tile one vector at a time, 1 × 8. Tiles run in
+between even and odd codes, so eight FMA chains are in flight. (Variants measured and
+dropped: one or two vectors per pass with more accumulator sets — more x broadcasts and
+spills, 1.2–2.5× slower for the table decodes.) Tiles run in
 parallel over the thread pool.
 """
 
@@ -25,8 +26,9 @@ from bitfold.codegen.kernel_args import KernelArgs
 from bitfold.codegen.layout import TILE
 
 VECTORS = TILE // V.LANES
-#: Independent FMA accumulation chains per pass: FMA latency (4) × FMA ports (2).
-CHAINS = 8
+#: Accumulators per channel vector (split by code index) so that 4 × 2 = 8 FMA chains, FMA
+#: latency (4) × FMA ports (2), are in flight. More sets spill registers in the table decodes.
+ACCUMULATOR_SETS = 2
 
 
 def prepare_row(a: KernelArgs, row, prescales, xs: tir.Buffer, xg, lead=()) -> None:
@@ -76,38 +78,30 @@ def store_tile(a: KernelArgs, row, tile, values: tir.Buffer, offset=0) -> None:
             scalar_store()
 
 
-def _vectors_per_pass(a: KernelArgs, avx2: bool) -> int:
-    """Channel vectors one pass over K handles: all four, or one where the decode needs more
-    registers (table lookups) and more would spill."""
-    return VECTORS if a.plan.kind == "int" or not avx2 else 1
-
-
-def _tile_pass(a: KernelArgs, decoder: WordDecoder, tile, vectors, xs, xg, total) -> None:
-    """Accumulate the channel vectors ``vectors`` of one tile over all of K into ``total``."""
+def _accumulate_tile(a: KernelArgs, decoder: WordDecoder, tile, xs, xg, total) -> None:
+    """Accumulate the 32 channels of one tile over all of K into ``total``."""
     L = a.layout
     c = L.codes_per_word
-    count = len(vectors)
-    sets = CHAINS // count
-    acc = T.alloc_buffer((sets * count * V.LANES,), "float32", scope="local")
+    sets = ACCUMULATOR_SETS
+    acc = T.alloc_buffer((sets * TILE,), "float32", scope="local")
     with T.serial(L.groups) as g:
-        for q in range(sets * count):
+        for q in range(sets * VECTORS):
             T.buffer_store(acc, V.const(0.0, "float32"), [V.ramp(q * V.LANES)])
         with T.serial(L.words_per_group) as j:
             w = g * L.words_per_group + j
-            for q, r in enumerate(vectors):
+            for r in range(VECTORS):
                 word = T.bind(V.load(a.codes, tile, w, r * V.LANES))
                 for i, (value, _) in enumerate(decoder.fields(word, scaled=True)):
-                    slot = ((i % sets) * count + q) * V.LANES
+                    slot = (i % sets) * TILE + r * V.LANES
                     T.buffer_store(acc, V.load(acc, slot) + V.splat(xs[w * c + i]) * value, [V.ramp(slot)])
-        for q, r in enumerate(vectors):
+        for r in range(VECTORS):
             lane0 = r * V.LANES
-            dot = V.load(acc, q * V.LANES)
+            dot = V.load(acc, lane0)
             for p in range(1, sets):
-                dot = dot + V.load(acc, (p * count + q) * V.LANES)
-            part = dot * V.load(a.scales, tile, g, lane0)
+                dot = dot + V.load(acc, p * TILE + lane0)
             if xg is not None:
-                part = part - V.load(a.zero_scales, tile, g, lane0) * V.splat(xg[g])
-            T.buffer_store(total, V.load(total, lane0) + part, [V.ramp(lane0)])
+                dot = dot - a.zero_vector(tile, g, lane0) * V.splat(xg[g])
+            T.buffer_store(total, V.load(total, lane0) + dot * V.load(a.scales, tile, g, lane0), [V.ramp(lane0)])
 
 
 def emit_gemv(a: KernelArgs, avx2: bool) -> None:
@@ -117,14 +111,12 @@ def emit_gemv(a: KernelArgs, avx2: bool) -> None:
     decoder = WordDecoder(a.plan, a.table, avx2)
     prescales = decoder.prescales(scaled=True)
     xs = T.alloc_buffer((L.slots,), "float32")
-    xg = T.alloc_buffer((L.groups,), "float32") if a.zero_scales is not None else None
+    xg = T.alloc_buffer((L.groups,), "float32") if a.zero_points is not None else None
     prepare_row(a, 0, prescales, xs, xg)
     with T.parallel(L.tiles) as tile:
         decoder.prepare()
         total = T.alloc_buffer((TILE,), "float32", scope="local")
         for r in range(VECTORS):
             T.buffer_store(total, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
-        per_pass = _vectors_per_pass(a, avx2)
-        for first in range(0, VECTORS, per_pass):
-            _tile_pass(a, decoder, tile, range(first, first + per_pass), xs, xg, total)
+        _accumulate_tile(a, decoder, tile, xs, xg, total)
         store_tile(a, 0, tile, total)

@@ -7,7 +7,7 @@ per block of 32 slots, symmetric, round half to even::
 
 and the layer computes, with weight levels ``u`` (unsigned, ≤ 127) and per-group ``z``::
 
-    y[n] = Σ_g s'[n,g] · Σ_{b∈g} s_b · Σ_{k∈b} q_k u[n,k]  −  zs[n,g] · Σ_{b∈g} s_b Σ_{k∈b} q_k
+    y[n] = Σ_g s'[n,g] · (Σ_{b∈g} s_b · Σ_{k∈b} q_k u[n,k]  −  z[n,g] · Σ_{b∈g} s_b Σ_{k∈b} q_k)
 
 Lanes are output channels, as in the fp32 GEMV. A word holds 8 (4-bit) or 16 (2-bit)
 consecutive codes of a channel; masking its nibbles (or 2-bit planes) gives, per 32-bit
@@ -151,8 +151,9 @@ def emit_int8(a: KernelArgs) -> None:
                         T.buffer_store(part, V.load(part, lane0) + V.to_float(dots[r]) * scale, [V.ramp(lane0)])
                 for r in range(VECTORS):
                     lane0 = r * V.LANES
-                    value = V.load(part, lane0) * V.load(a.scales, tile, g, lane0)
-                    if a.zero_scales is not None:
-                        value = value - V.load(a.zero_scales, tile, g, lane0) * V.splat(group_sum[row, g])
+                    value = V.load(part, lane0)
+                    if a.zero_points is not None:
+                        value = value - a.zero_vector(tile, g, lane0) * V.splat(group_sum[row, g])
+                    value = value * V.load(a.scales, tile, g, lane0)
                     T.buffer_store(total, V.load(total, lane0) + value, [V.ramp(lane0)])
             store_tile(a, row, tile, total)

@@ -6,7 +6,7 @@ word row of 32 channels as 128 contiguous bytes. Codes are decoded exactly in re
 activations are widened on load and the result rounded back to fp16 on store.
 
 GEMV (``M = 1``): one block per tile, ``threadIdx.y`` splits the K words 8 ways; each
-thread accumulates ``Σ_words s'·(Σ x̃·u) − zs·Σ x̃`` and the 8 partial sums of a channel are
+thread accumulates ``Σ_words s'·(Σ x̃·u − z·Σ x̃)`` and the 8 partial sums of a channel are
 added through shared memory.
 
 GEMM: one block per (tile, 32 rows); thread ``(x, y)`` computes channel ``x`` for 4 rows,
@@ -65,13 +65,12 @@ def _word_contribution(a: KernelArgs, values, acts, tile, g, lane) -> tir.PrimEx
     dot = values[0] * acts[0]
     for v, x in zip(values[1:], acts[1:]):
         dot = dot + v * x
-    out = dot * a.scales[tile, g, lane]
-    if a.zero_scales is not None:
+    if a.zero_points is not None:
         total = acts[0]
         for x in acts[1:]:
             total = total + x
-        out = out - a.zero_scales[tile, g, lane] * total
-    return out
+        dot = dot - tir.Cast("float32", a.zero_points[tile, g, lane]) * total
+    return dot * a.scales[tile, g, lane]
 
 
 def emit_cuda_gemv(a: KernelArgs) -> None:

@@ -6,12 +6,12 @@ A kernel built by :func:`bitfold.codegen.build_linear_kernel` takes, in this ord
     codes [tiles, words, 32]      uint32, the word layout of bitfold.codegen.layout
     table                         byte_table: 32 uint8 levels; float_table: 2^b float32 values
     scales [tiles, groups, 32]    float32, s' = scale · 2^-p
-    zero_scales [tiles, groups, 32]  float32, z · s' (formats stored with a level offset)
+    zero_points [tiles, groups, 32]  uint8, z (formats stored with a level offset)
     shift [K]                     float32, 2^-k (LLM-FP4's per-input-channel exponent shift)
     bias [N]                      float32
     y [M, N]                      output (act_dtype), written by the kernel
 
-where ``table``, ``zero_scales``, ``shift`` and ``bias`` appear only when the spec needs them
+where ``table``, ``zero_points``, ``shift`` and ``bias`` appear only when the spec needs them
 (:func:`kernel_arg_names`). :func:`kernel_inputs` returns the arrays between ``x`` and ``y``.
 """
 
@@ -64,7 +64,7 @@ def kernel_arg_names(spec: LinearKernelSpec) -> List[str]:
         names.append("table")
     names.append("scales")
     if plan.needs_offset_correction and (plan.offset or spec.has_zero_point):
-        names.append("zero_scales")
+        names.append("zero_points")
     if spec.has_shift:
         names.append("shift")
     if spec.has_bias:
@@ -123,11 +123,14 @@ def kernel_inputs_from_tensors(
         raise KernelError(f"{spec.describe()}: the weight scale holds NaN/Inf")
     scale = scale * plan.value_scale
     arrays.append(layout.tile_params(scale))
-    if "zero_scales" in kernel_arg_names(spec):
+    if "zero_points" in kernel_arg_names(spec):
         zero = np.full((n, spec.groups), float(plan.offset))
         if weight_zero_point is not None:
             zero = zero + np.round(_per_group(_as_numpy(weight_zero_point, "zero point"), spec, "weight zero point"))
-        arrays.append(layout.tile_params((zero * scale).astype(np.float32)))
+        if zero.min() < 0 or zero.max() > plan.max_level:
+            raise KernelError(f"{spec.describe()}: zero points must lie in the format's code range, "
+                              f"got {zero.min() - plan.offset:g}..{zero.max() - plan.offset:g}")
+        arrays.append(layout.tile_params(zero, "uint8"))
     if input_shift is not None:
         shift = _as_numpy(input_shift, "input shift").reshape(-1)
         if shift.shape != (k,):

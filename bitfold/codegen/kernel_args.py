@@ -28,7 +28,7 @@ class KernelArgs:
     scales: tir.Buffer
     y: tir.Buffer
     table: Optional[tir.Buffer] = None
-    zero_scales: Optional[tir.Buffer] = None
+    zero_points: Optional[tir.Buffer] = None
     shift: Optional[tir.Buffer] = None
     bias: Optional[tir.Buffer] = None
 
@@ -40,6 +40,10 @@ class KernelArgs:
         if self.shift is not None:
             value = value * self.shift[k]
         return value
+
+    def zero_vector(self, tile: Any, group: Any, lane0: Any) -> tir.PrimExpr:
+        """The zero points ``z`` of 8 channels as float32x8."""
+        return V.to_float(tir.Cast("int32x8", V.load(self.zero_points, tile, group, lane0)))
 
     def output(self, value: tir.PrimExpr, n: Any) -> tir.PrimExpr:
         """``value + bias[n]`` in the activation dtype (scalar or vector ``value``)."""
@@ -62,7 +66,7 @@ def declare_args(spec: LinearKernelSpec, m: Any) -> KernelArgs:
         "table": ((plan.table().size,), "uint8" if plan.kind == "byte_table" else "float32")
         if plan.kind != "int" else None,
         "scales": ((layout.tiles, layout.groups, TILE), "float32"),
-        "zero_scales": ((layout.tiles, layout.groups, TILE), "float32"),
+        "zero_points": ((layout.tiles, layout.groups, TILE), "uint8"),
         "shift": ((k,), "float32"),
         "bias": ((n,), "float32"),
         "y": ((m, n), spec.act_dtype),

@@ -93,14 +93,14 @@ class WordLayout:
         words = np.bitwise_or.reduce(per_word << shifts, axis=2).astype(np.uint32)
         return np.ascontiguousarray(words.reshape(self.tiles, TILE, self.words).transpose(0, 2, 1))
 
-    def tile_params(self, values: np.ndarray) -> np.ndarray:
-        """``[N]`` or ``[N, groups]`` float values → ``[tiles, groups, TILE]`` float32 (zero padded)."""
-        values = np.asarray(values, dtype=np.float32)
+    def tile_params(self, values: np.ndarray, dtype: str = "float32") -> np.ndarray:
+        """``[N]`` or ``[N, groups]`` values → ``[tiles, groups, TILE]`` of ``dtype`` (zero padded)."""
+        values = np.asarray(values, dtype=dtype)
         if values.ndim == 1:
             values = np.repeat(values[:, None], self.groups, axis=1)
         if values.shape != (self.out_features, self.groups):
             raise ValueError(f"parameters of shape {values.shape} do not match {self.out_features} channels x {self.groups} groups")
-        padded = np.zeros((self.padded_out_features, self.groups), dtype=np.float32)
+        padded = np.zeros((self.padded_out_features, self.groups), dtype=dtype)
         padded[: self.out_features] = values
         return np.ascontiguousarray(padded.reshape(self.tiles, TILE, self.groups).transpose(0, 2, 1))
 

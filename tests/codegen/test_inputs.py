@@ -45,10 +45,9 @@ def _decoded_weight(spec, arrays):
         u = named["table"][u.astype(int)].astype(np.float64)
     per_group = lambda a: a.transpose(0, 2, 1).reshape(layout.padded_out_features, layout.groups)[: spec.out_features]
     g = np.minimum(np.arange(spec.in_features) // layout.group, layout.groups - 1)
-    w = u * per_group(named["scales"])[:, g]
-    if "zero_scales" in named:
-        w = w - per_group(named["zero_scales"])[:, g]
-    return w
+    if "zero_points" in named:
+        u = u - per_group(named["zero_points"])[:, g]
+    return u * per_group(named["scales"])[:, g]
 
 
 def test_spec_and_inputs_from_a_quantized_graph():
@@ -56,8 +55,8 @@ def test_spec_and_inputs_from_a_quantized_graph():
     spec = spec_from_node(node)
     assert spec == LinearKernelSpec("int4", 24, 40, 20, True, True, True)
     arrays = kernel_inputs(spec, node, gm)
-    assert kernel_arg_names(spec) == ["x", "codes", "scales", "zero_scales", "shift", "bias", "y"]
-    assert [a.dtype for a in arrays] == [np.uint32, np.float32, np.float32, np.float32, np.float32]
+    assert kernel_arg_names(spec) == ["x", "codes", "scales", "zero_points", "shift", "bias", "y"]
+    assert [a.dtype for a in arrays] == [np.uint32, np.float32, np.uint8, np.float32, np.float32]
     packed, scale, zp = (getattr(gm, node.args[i].target) for i in (1, 5, 7))
     want = ops.unpack_weight(packed, "int4", 24, 40, scale, 20, zp).numpy()
     np.testing.assert_allclose(_decoded_weight(spec, arrays), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
@@ -72,7 +71,6 @@ def test_arrays_decode_to_the_ops_weight(fmt, group, zp):
     s = layer.spec
     want = ops.unpack_weight(layer.packed, fmt, s.out_features, s.in_features, layer.scale,
                              s.effective_group_size, layer.zero_point).numpy()
-    # (u - z)·s versus u·s' - z·s': equal up to the rounding of z·s'.
     np.testing.assert_allclose(_decoded_weight(s, layer.arrays()), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
@@ -99,6 +97,9 @@ def test_bad_inputs_are_named():
         kernel_inputs_from_tensors(layer.spec, layer.packed, torch.ones(3), None, layer.shift, None)
     with pytest.raises(KernelError, match="spec says no bias"):
         kernel_inputs_from_tensors(layer.spec, layer.packed, layer.scale, None, layer.shift, torch.ones(8))
+    layer = random_layer("uint4", 8, 16, zero_point=True)
+    with pytest.raises(KernelError, match=r"zero points must lie in the format's code range, got .*\.\.20"):
+        kernel_inputs_from_tensors(layer.spec, layer.packed, layer.scale, layer.zero_point * 0 + 20, None, None)
     with pytest.raises(KernelError, match="format nf4 takes no zero point"):
         LinearKernelSpec("nf4", 8, 16, None, True, False, False)
     with pytest.raises(KernelError, match="activation dtype 'bfloat16'"):
