@@ -1,0 +1,57 @@
+"""``bitfold.compile``: a quantized model (or any canonical graph) → a TVM-compiled module."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import fx
+
+from bitfold.backends.tvm.build import build
+from bitfold.backends.tvm.compiled_model import CompiledModel
+from bitfold.backends.tvm.importer import GraphImporter
+from bitfold.backends.tvm.signature import infer_input_specs
+from bitfold.backends.tvm.target import TargetLike, resolve_target
+
+def _graph_of(model: Any, example_inputs: Optional[Sequence[Any]]) -> fx.GraphModule:
+    from bitfold.api.quantized_model import QuantizedModel
+
+    if isinstance(model, QuantizedModel):
+        return model.graph_module
+    if isinstance(model, fx.GraphModule):
+        return model
+    if isinstance(model, torch.nn.Module):
+        if example_inputs is None:
+            raise ValueError("compiling a torch.nn.Module needs example_inputs to capture it")
+        from bitfold.ir import from_torch
+        from bitfold.passes import run_standard_passes
+
+        gm = from_torch(model, tuple(example_inputs))
+        run_standard_passes(gm, sample_inputs=tuple(example_inputs))
+        return gm
+    raise TypeError(f"bitfold.compile takes a QuantizedModel, a canonical fx.GraphModule or an nn.Module, "
+                    f"got {type(model).__name__}")
+
+def compile(  # noqa: A001 - the public name users expect (like torch.compile)
+    model: Any,
+    target: TargetLike = "llvm",
+    example_inputs: Optional[Sequence[Any]] = None,
+    dynamic_dims: Optional[Mapping[str, Mapping[int, str]]] = None,
+) -> CompiledModel:
+    """Lower ``model``'s graph to Relax, schedule it for ``target`` and build it.
+
+    ``model``: a :class:`~bitfold.QuantizedModel`, a canonical ``fx.GraphModule`` (from
+    :func:`bitfold.ir.from_torch` / :func:`~bitfold.ir.from_onnx` and passes), or an
+    ``nn.Module`` (captured with ``example_inputs`` first). ``target``: ``"llvm"``,
+    ``"llvm -mcpu=native"``, ``"cuda"``, ``"cuda -arch=sm_90"``, a TVM dict or a ``Target``.
+    ``example_inputs`` fix input shapes and dtypes when the graph does not record them;
+    ``dynamic_dims`` (``{"input_ids": {1: "seq"}}``) names the dimensions that may vary
+    (default: those the graph reads symbolically, see :mod:`.signature`).
+    """
+    resolved = resolve_target(target)
+    gm = _graph_of(model, example_inputs)
+    specs = infer_input_specs(gm, example_inputs, dynamic_dims)
+    imported = GraphImporter(gm, specs, resolved).run()
+    executable = build(imported.mod, resolved)
+    return CompiledModel(executable, resolved, imported.inputs, imported.params, imported.output_count,
+                         imported.param_names)

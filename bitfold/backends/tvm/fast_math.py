@@ -1,0 +1,82 @@
+"""Vectorizable transcendental functions: activations spelled out, then TVM's fast math.
+
+LLVM turns ``exp``/``erf``/``tanh`` into calls to the scalar C library, one per element, which
+kept a GELU over a ``128 × 1536`` activation at ~5 ms. This Relax pass rewrites the
+activations into the elementary functions they are made of,
+
+    gelu(x)      = x · (0.5 + 0.5 · erf(x / √2))
+    gelu_tanh(x) = x · (0.5 + 0.5 · tanh(√(2/π) · (x + 0.044715 · x³)))
+    silu(x)      = x · sigmoid(x),    sigmoid(x) = 1 / (1 + exp(-x))
+
+and ``softmax(x) = e / Σ e`` with ``e = exp(x - max(x))``; then ``exp``, ``erf`` and ``tanh``
+become TOPI's polynomial approximations (``fast_exp``/``fast_erf``/``fast_tanh``), which
+vectorize (relative error ≲ 1e-6 in float32, checked against PyTorch by the tests). TVM's
+own ``FastMathTransform`` is not used because its ``fast_softmax`` kernel matches no CPU
+schedule rule and ran slower than the plain one; the spelled-out softmax fuses into one
+reduction kernel that ``dlight.cpu.Reduction`` schedules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm import relax, topi
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+
+@mutator
+class _SpellOutActivations(PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op):
+            return call
+        name = call.op.name
+        op = relax.op
+        x = call.args[0] if call.args else None
+        if name == "relax.exp":
+            return self.builder_.call_te(topi.fast_exp, x)
+        if name == "relax.erf":
+            return self.builder_.call_te(topi.fast_erf, x)
+        if name == "relax.tanh":
+            return self.builder_.call_te(topi.fast_tanh, x)
+        if name not in ("relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu", "relax.sigmoid", "relax.nn.softmax"):
+            return call
+        dtype = str(x.ty.dtype.dtype)
+
+        def c(value: float) -> relax.Expr:
+            return relax.const(value, dtype)
+
+        def exp(v: relax.Expr) -> relax.Expr:
+            return self.builder_.call_te(topi.fast_exp, self.builder_.emit(v))
+
+        def sigmoid(v: relax.Expr) -> relax.Expr:
+            return op.divide(c(1.0), op.add(c(1.0), exp(op.negative(v))))
+
+        def emit(v: relax.Expr) -> relax.Expr:
+            return self.builder_.emit(v)
+
+        if name == "relax.nn.gelu":
+            erf = self.builder_.call_te(topi.fast_erf, emit(op.multiply(x, c(1 / math.sqrt(2)))))
+            return op.multiply(x, op.add(c(0.5), op.multiply(c(0.5), erf)))
+        if name == "relax.nn.gelu_tanh":
+            cube = op.multiply(x, op.multiply(x, x))
+            inner = emit(op.multiply(c(math.sqrt(2 / math.pi)), op.add(x, op.multiply(c(0.044715), cube))))
+            return op.multiply(x, op.add(c(0.5), op.multiply(c(0.5), self.builder_.call_te(topi.fast_tanh, inner))))
+        if name == "relax.nn.silu":
+            return op.multiply(x, sigmoid(x))
+        if name == "relax.sigmoid":
+            return sigmoid(x)
+        axis = int(call.attrs.axis)
+        e = exp(op.subtract(x, op.max(x, axis=[axis], keepdims=True)))
+        return op.divide(e, op.sum(e, axis=[axis], keepdims=True))
+
+
+@tvm.transform.module_pass(opt_level=0, name="BitfoldFastMath")
+def fast_math(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Spell out activations and softmax; use fast approximations of exp, erf and tanh."""
+    mutator_ = _SpellOutActivations(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator_.builder_.update_func(gv, mutator_.visit_expr(func))
+    return mutator_.builder_.get()

@@ -1,0 +1,98 @@
+"""Lowerings of the ATen overloads that TVM's converter map lacks or that bitfold lowers itself.
+
+* ``sym_size.int``: the size as a TIR expression (dynamic) or a Python int (static), so that
+  shape arguments such as ``view(x, [1, s, -1, 32])`` stay symbolic;
+* ``to.device``: a dtype cast when one is given (bitfold compiles for one device);
+* ``where.ScalarOther``: ``where(cond, x, scalar)``;
+* ``slice.Tensor``: with a symbolic bound the slice is taken as in range (``0 <= end <= size``):
+  ``torch.export`` only leaves a size symbolic in a slice bound when the traced program
+  indexed within it, and TVM would otherwise give the result an unknown shape;
+* ``rms_norm.default``: ``x · rsqrt(mean(x², axes) + eps) · weight``, eps defaulting to the
+  dtype's machine epsilon as in PyTorch;
+* ``linear.default``: a dense product with the weight transposed at import time
+  (:func:`bitfold.backends.tvm.lower_dense.emit_linear`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict
+
+import numpy as np
+from torch import fx
+from tvm import relax
+
+from bitfold.backends.tvm.importer import dtype_of
+from bitfold.backends.tvm.lower_dense import emit_linear
+
+if TYPE_CHECKING:
+    from bitfold.backends.tvm.importer import Converter, GraphImporter
+
+
+def _clamp_bound(bound, size: int):
+    """A Python-int slice bound clamped into ``[0, size]`` the way PyTorch does; symbols pass."""
+    if not isinstance(bound, int):
+        return bound
+    if bound < 0:
+        bound += size
+    return min(max(bound, 0), size)
+
+
+def converters(imp: "GraphImporter") -> Dict[str, "Converter"]:
+    """Converters keyed by ATen overload name, as in TVM's ``convert_map``."""
+
+    def sym_size(node: fx.Node):
+        x = imp.env[node.args[0]]
+        axis = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        size = x.ty.shape[axis]
+        return int(size.value) if hasattr(size, "value") else size
+
+    def to_device(node: fx.Node) -> relax.Expr:
+        x = imp.env[node.args[0]]
+        dtype = node.args[2] if len(node.args) > 2 else node.kwargs.get("dtype")
+        if dtype is None:
+            return x
+        return imp.emit(relax.op.astype(x, imp._convert_data_type(dtype)))
+
+    def where_scalar_other(node: fx.Node) -> relax.Expr:
+        cond, x = imp.env[node.args[0]], imp.env[node.args[1]]
+        other = relax.const(node.args[2], dtype_of(x))
+        return imp.emit(relax.op.where(cond, x, other))
+
+    def slice_tensor(node: fx.Node) -> relax.Expr:
+        x = imp.env[node.args[0]]
+        axis, start, end, step = (list(node.args[1:]) + [0, None, None, 1][len(node.args) - 1:])[:4]
+        axis %= x.ty.ndim
+        size = x.ty.shape[axis]
+        static = int(size.value) if hasattr(size, "value") else None
+        start = 0 if start is None else imp.env[start] if isinstance(start, fx.Node) else start
+        end = size if end is None else imp.env[end] if isinstance(end, fx.Node) else end
+        if static is not None:
+            start = _clamp_bound(start, static)
+            end = _clamp_bound(end, static)
+        if isinstance(start, int) and start == 0 and step == 1 and (end is size or end == static):
+            return x
+        return imp.emit(relax.op.strided_slice(x, [axis], [start], [end], [step], assume_inbound=True))
+
+    def rms_norm(node: fx.Node) -> relax.Expr:
+        x = imp.env[node.args[0]]
+        shape = node.args[1]
+        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
+        eps = node.args[3] if len(node.args) > 3 else node.kwargs.get("eps")
+        if eps is None:
+            eps = float(np.finfo(dtype_of(x)).eps)
+        axes = list(range(x.ty.ndim - len(shape), x.ty.ndim))
+        gamma = imp.env[weight] if weight is not None else relax.const(np.ones(shape, dtype_of(x)))
+        return imp.emit(relax.op.nn.rms_norm(x, gamma, axes, float(eps)))
+
+    def linear(node: fx.Node) -> relax.Expr:
+        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        return emit_linear(imp, node, node.args[0], node.args[1], bias, "none")
+
+    return {
+        "sym_size.int": sym_size,
+        "to.device": to_device,
+        "where.ScalarOther": where_scalar_other,
+        "slice.Tensor": slice_tensor,
+        "rms_norm.default": rms_norm,
+        "linear.default": linear,
+    }
