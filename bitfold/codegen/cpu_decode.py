@@ -91,21 +91,26 @@ class WordDecoder:
             field = field & V.const(2**self.bits - 1, "uint32")
         return V.bitcast("int32x8", field)
 
-    def fields(self, word: tir.PrimExpr, scaled: bool) -> List[Tuple[tir.PrimExpr, float]]:
-        """``(float32x8, prescale)`` per code of ``word`` (a uint32x8 expression)."""
+    def fields(self, word: tir.PrimExpr, scaled: bool) -> List[Tuple[int, tir.PrimExpr, float]]:
+        """``(code index, float32x8, prescale)`` for every code of ``word`` (a uint32x8), in the
+        order to emit them (table decodes: the low-nibble codes first, so that only one
+        ``vpshufb`` result is live at a time)."""
         kind = self.plan.kind
         if kind == "int":
-            return [self._masked(word, i, scaled) for i in range(self.per_word)]
+            return [(i, *self._masked(word, i, scaled)) for i in range(self.per_word)]
         if kind == "byte_table" and self.avx2:
             table = self._registers[0]
-            low = T.bind(V.bitcast("uint32x8", V.pshufb(table, word & V.const(NIBBLES, "uint32"))))
-            high = T.bind(V.bitcast("uint32x8", V.pshufb(table, (word >> V.const(4, "uint32")) & V.const(NIBBLES, "uint32"))))
-            return [self._masked(high if i % 2 else low, i // 2, scaled) for i in range(self.per_word)]
+            nibbles = V.const(NIBBLES, "uint32")
+            halves = (V.bitcast("uint32x8", V.pshufb(table, word & nibbles)),
+                      V.bitcast("uint32x8", V.pshufb(table, (word >> V.const(4, "uint32")) & nibbles)))
+            order = sorted(range(self.per_word), key=lambda i: (i % 2, i))
+            return [(i, *self._masked(halves[i % 2], i // 2, scaled)) for i in order]
         if kind == "byte_table":
-            return [(V.to_float(tir.Cast("int32x8", self.table[self._index(word, i)])), 1.0) for i in range(self.per_word)]
+            return [(i, V.to_float(tir.Cast("int32x8", self.table[self._index(word, i)])), 1.0)
+                    for i in range(self.per_word)]
         if self.avx2 and self.bits <= 4:
-            return [(self._permute(word, i), 1.0) for i in range(self.per_word)]
-        return [(self.table[self._index(word, i)], 1.0) for i in range(self.per_word)]
+            return [(i, self._permute(word, i), 1.0) for i in range(self.per_word)]
+        return [(i, self.table[self._index(word, i)], 1.0) for i in range(self.per_word)]
 
     def _permute(self, word: tir.PrimExpr, i: int) -> tir.PrimExpr:
         pos = self.bits * i

@@ -39,7 +39,7 @@ def _decode_chunk(a: KernelArgs, decoder: WordDecoder, tile, first_word, words: 
             word = T.bind(V.load(a.codes, tile, w, lane0))
             scale = T.bind(V.load(a.scales, tile, g, lane0))
             zero = T.bind(a.zero_vector(tile, g, lane0)) if a.zero_points is not None else None
-            for i, (value, _) in enumerate(decoder.fields(word, scaled=False)):
+            for i, value, _ in decoder.fields(word, scaled=False):
                 weight = value * scale if zero is None else (value - zero) * scale
                 T.buffer_store(b, weight, [jw * c + i, V.ramp(lane0)])
 

@@ -91,7 +91,7 @@ def _accumulate_tile(a: KernelArgs, decoder: WordDecoder, tile, xs, xg, total) -
             w = g * L.words_per_group + j
             for r in range(VECTORS):
                 word = T.bind(V.load(a.codes, tile, w, r * V.LANES))
-                for i, (value, _) in enumerate(decoder.fields(word, scaled=True)):
+                for i, value, _ in decoder.fields(word, scaled=True):
                     slot = (i % sets) * TILE + r * V.LANES
                     T.buffer_store(acc, V.load(acc, slot) + V.splat(xs[w * c + i]) * value, [V.ramp(slot)])
         for r in range(VECTORS):
