@@ -73,6 +73,16 @@ def _label(node: fx.Node) -> str:
     return f"{layers[0]}.input_quantizer" if layers else node.name
 
 
+def _bitfold_overload(node: fx.Node) -> Optional[torch._ops.OpOverload]:
+    """The bitfold op overload ``node`` calls (``torch.fx.symbolic_trace`` records the packet), else None."""
+    op = node.target
+    if node.op != "call_function":
+        return None
+    if isinstance(op, torch._ops.OpOverloadPacket) and op._qualified_op_name.startswith("bitfold::"):
+        return op.default
+    return op if isinstance(op, torch._ops.OpOverload) and op.namespace == "bitfold" else None
+
+
 def substitute_bitfold_ops(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of ``gm`` (sharing its tensors) with every bitfold op replaced for export."""
     graph = fx.Graph()
@@ -80,8 +90,8 @@ def substitute_bitfold_ops(gm: fx.GraphModule) -> fx.GraphModule:
     graph.output(out)
     labels = {n.name: _label(n) for n in gm.graph.nodes}
     for node in graph.nodes:
-        op = node.target
-        if node.op != "call_function" or not isinstance(op, torch._ops.OpOverload) or op.namespace != "bitfold":
+        op = _bitfold_overload(node)
+        if op is None:
             continue
         found = translation(op)
         if found is None:

@@ -70,7 +70,7 @@ def emit_matmul_nbits(em: Emitter, x: str, weight: PackedWeight, bias: Optional[
     if weight.zero_point is not None:
         zero = np.round(weight.zero_point.detach().to(torch.float32).numpy()).astype(np.int32).reshape(N, -1)
     else:
-        zero = np.zeros((N, 1), np.int32)
+        zero = np.zeros(scale.shape, np.int32)
     offset = 8 if f.signed else 0  # signed levels q become unsigned codes q + 8
     if group_size(weight) is None:
         scale = np.repeat(scale, blocks, axis=1)

@@ -27,8 +27,14 @@ def ort_session(
     threads: Optional[int] = None,
     spinning: bool = False,
     optimization: str = "all",
+    qdq_matmulnbits_accuracy_level: Optional[int] = None,
 ) -> ort.InferenceSession:
-    """A CPU ``InferenceSession`` for ``path`` (or serialized model bytes)."""
+    """A CPU ``InferenceSession`` for ``path`` (or serialized model bytes).
+
+    ``qdq_matmulnbits_accuracy_level`` sets the accuracy level ONNX Runtime uses when it
+    fuses a blocked 4-bit DequantizeLinear + MatMul into MatMulNBits itself (its default
+    is 4, which quantizes activations to int8); ``None`` leaves ONNX Runtime's default.
+    """
     if optimization not in _LEVELS:
         raise ValueError(f"optimization must be one of {', '.join(_LEVELS)}, got {optimization!r}")
     options = ort.SessionOptions()
@@ -38,6 +44,8 @@ def ort_session(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if qdq_matmulnbits_accuracy_level is not None:
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(qdq_matmulnbits_accuracy_level))
     source = path if isinstance(path, bytes) else os.fspath(path)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

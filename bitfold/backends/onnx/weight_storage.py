@@ -15,7 +15,10 @@ ONNX Runtime can read:
   multiplied, per channel or per group (``[G, g, N] · [G, 1, N]``).
 
 Both decodings are bitfold's own, operation for operation: a table value, minus the
-rounded zero point, times the scale. MX block scales are stored as their E8M0 byte and
+rounded zero point, times the scale. Note that ONNX Runtime itself rewrites a blocked
+``int4``/``uint4`` DequantizeLinear feeding MatMul into MatMulNBits, at the accuracy level
+of its session option ``session.qdq_matmulnbits_accuracy_level`` (default 4: int8
+activations); :func:`~bitfold.backends.onnx.runtime.ort_session` can set it. MX block scales are stored as their E8M0 byte and
 decoded by a 256-entry table of powers of two; other scales are float32.
 """
 
@@ -110,8 +113,8 @@ def _scale_values(em: Emitter, weight: PackedWeight, f: Format, hint: str) -> Tu
         return em.const(scale_kn.reshape(1, -1), f"{hint}_scale"), scale_kn.nbytes
     if isinstance(f, BlockFormat) and f.scale_kind == "e8m0":
         codes = f.scale_codes(torch.from_numpy(scale_kn)).numpy()
-        table = np.ldexp(np.float32(1), np.arange(-127, 129, dtype=np.int32)).astype(np.float32)
-        table[-1] = np.nan  # E8M0's code 255 is NaN
+        powers = np.ldexp(np.float32(1), np.arange(-127, 128, dtype=np.int32)).astype(np.float32)
+        table = np.append(powers, np.float32(np.nan))  # E8M0's code 255 is NaN
         stored = em.const(codes[:, None, :], f"{hint}_scale_e8m0")
         decoded = em.op("Gather", em.const(table, f"{hint}_e8m0_table"), em.op("Cast", stored, to=TensorProto.INT64),
                         hint=f"{hint}_scale")

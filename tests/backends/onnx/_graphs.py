@@ -4,11 +4,11 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from bitfold.backends.onnx.emitter import Emitter, NameScope
 from bitfold.backends.onnx.functions import FUNCTION_DOMAIN, FunctionLibrary
+from bitfold.backends.onnx.runtime import ort_session
 
 OPSET = 21
 
@@ -33,7 +33,6 @@ def build_model(
 
 
 def run(model: onnx.ModelProto, feeds: Dict[str, np.ndarray]) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    """The first output; ONNX Runtime's own DQ+MatMul → MatMulNBits fusion kept in float32."""
+    session = ort_session(model.SerializeToString(), qdq_matmulnbits_accuracy_level=1)
     return session.run(None, feeds)[0]
