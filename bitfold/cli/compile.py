@@ -43,10 +43,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out}: exists; pass --overwrite to replace it")
-    try:
-        from bitfold.backends.tvm import compile as compile_model
-    except ImportError as err:
-        raise CLIError(f"this bitfold has no TVM backend ({err})") from err
+    from bitfold.backends.tvm import compile as compile_model
+
     example = load_example(args.directory)
     compiled = compile_model(q, target=args.target, example_inputs=example)
     compiled.export(out, overwrite=args.overwrite)

@@ -25,6 +25,7 @@ _USER_ERRORS = (
     ("bitfold.passes.calibration", "CalibrationError"),
     ("bitfold.recipes.recipe", "RecipeError"),
     ("bitfold.zoo._common", "ZooMissingError"),
+    ("bitfold.backends.onnx.errors", "OnnxExportError"),
 )
 
 

@@ -42,11 +42,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.onnx)
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out}: exists; pass --overwrite to replace it")
-    try:
-        from bitfold.backends.onnx import export_onnx, ort_session
-        from bitfold.backends.onnx.runtime import run as ort_run
-    except ImportError as err:
-        raise CLIError(f"this bitfold has no ONNX exporter ({err})") from err
+    from bitfold import export_onnx
+    from bitfold.backends.onnx import ort_session
+    from bitfold.backends.onnx.runtime import run as ort_run
+
     example = load_example(args.directory)
     export_onnx(q, out, example, mode=args.mode)
     line = f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, mode {args.mode})"

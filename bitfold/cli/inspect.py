@@ -74,7 +74,7 @@ def _rule_notes(gm, limit: int = 20) -> List[str]:
 def _inspect_quantized(directory: Path) -> str:
     import torch
 
-    from bitfold.api.report.layers import FAKE_QUANTIZE, QUANTIZED_LINEAR, layer_name
+    from bitfold.api.report.layers import FAKE_QUANTIZE, is_quantized_linear, layer_name, weight_view
     from bitfold.cli.artifact import load_quantized
     from bitfold.ir import summarize
     from bitfold.ir.graph_utils import attr_value
@@ -83,19 +83,17 @@ def _inspect_quantized(directory: Path) -> str:
     gm = q.graph_module
     rows = []
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target != QUANTIZED_LINEAR:
+        if not is_quantized_linear(node):
             continue
-        fmt, n_out, k_in = node.args[2], node.args[3], node.args[4]
-        scale = attr_value(gm, node.args[5])
-        group = node.args[6] if len(node.args) > 6 else None
-        shift = attr_value(gm, node.args[8]) if len(node.args) > 8 else None
+        view = weight_view(gm, node)
         x = node.args[0]
         act, act_scale = "float", ""
         if isinstance(x, torch.fx.Node) and x.target == FAKE_QUANTIZE:
             act = x.args[1]
             act_scale = _scale_text(act, attr_value(gm, x.args[2]) if len(x.args) > 2 else None)
-        rows.append([layer_name(node), f"{n_out}x{k_in}", f"{fmt}/{'group' + str(group) if group else 'channel'}",
-                     _scale_text(fmt, scale), act, act_scale, "" if shift is None else _range(shift, "{:.0f}")])
+        rows.append([layer_name(node), f"{view.out_features}x{view.in_features}", view.layout,
+                     _scale_text(view.quantizer.fmt, view.quantizer.scale), act, act_scale,
+                     "" if view.shift is None else _range(view.shift, "{:.0f}")])
     recipe = q.recipe
     lines = [f"quantized model in {directory}: recipe {recipe.get('name')} (v{recipe.get('version')}) — "
              f"{recipe.get('description')}", "",

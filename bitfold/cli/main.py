@@ -8,6 +8,7 @@ and examples and sets ``run``, the function that does the work and returns the e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -55,6 +56,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"bitfold {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`bitfold inspect … | head`): not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as err:  # noqa: BLE001 - every error becomes one line unless --debug
         if args.debug:
             raise

@@ -63,8 +63,7 @@ def _check_output(path: Path, overwrite: bool) -> None:
 
 
 def _summary(args, source, q, analysis, out: Path, seconds: float) -> str:
-    as_float, stored = weight_bytes(q.graph_module)
-    ratio = as_float / stored if stored else float("nan")
+    as_float, stored, bits = weight_bytes(q.graph_module)
     lines = [
         f"bitfold quantize: {source.label} with {q.recipe.get('name')} (v{q.recipe.get('version')}) "
         f"-> {out} in {seconds:.1f} s",
@@ -72,7 +71,8 @@ def _summary(args, source, q, analysis, out: Path, seconds: float) -> str:
     facts = [
         ["quantized layers", f"{len(q.layers)} linear: {format_mix(q.layers)}"],
         ["kept float", f"{len(q.kept_float)} linear(s); `bitfold inspect {out}` says why"],
-        ["layer weights", f"{human_bytes(as_float)} as float32 -> {human_bytes(stored)} stored ({ratio:.1f}x smaller)"],
+        ["layer weights", f"{human_bytes(as_float)} as float32 -> {human_bytes(stored)} stored "
+                          f"({bits:.2f} bits/weight with scales)"],
     ]
     if analysis is not None:
         held = "held-out" if analysis.inputs["held_out"] else "calibration"

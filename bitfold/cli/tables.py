@@ -6,9 +6,6 @@ import math
 from collections import Counter
 from typing import Any, List, Sequence, Tuple
 
-QUANTIZED_LINEAR = "bitfold::quantized_linear"
-
-
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> List[str]:
     """Left-aligned columns under a dashed rule."""
     cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
@@ -26,24 +23,16 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def weight_bytes(graph_module) -> Tuple[int, int]:
-    """Bytes of the quantized layers' weights: as float32 ``N·K·4``, and as stored (packed
-    codes, scales, zero points)."""
-    import torch
+def weight_bytes(graph_module) -> Tuple[int, int, float]:
+    """The quantized layers' weights: bytes as float32 (``N·K·4``), bytes as stored (codes,
+    cluster ids, scales, zero points; :func:`bitfold.api.quantized_model.weight_memory`), and
+    the stored bits per weight."""
+    from bitfold.api.quantized_model import weight_memory
 
-    from bitfold.ir.graph_utils import attr_value
-
-    as_float = stored = 0
-    for node in graph_module.graph.nodes:
-        if node.op != "call_function" or node.target != torch.ops.bitfold.quantized_linear.default:
-            continue
-        n_out, k_in = node.args[3], node.args[4]
-        as_float += 4 * n_out * k_in
-        for arg in (node.args[1], node.args[5], node.args[7] if len(node.args) > 7 else None):
-            t = attr_value(graph_module, arg)
-            if t is not None:
-                stored += t.numel() * t.element_size()
-    return as_float, stored
+    memory = weight_memory(graph_module)
+    count = memory["quantized_weights"]
+    stored_bits = sum(sum(layer["bits"].values()) for layer in memory["layers"].values())
+    return 4 * count, stored_bits // 8, memory["bits_per_weight"] or 0.0
 
 
 def format_mix(layers) -> str:

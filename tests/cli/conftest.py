@@ -1,5 +1,7 @@
 """Shared fixtures: tiny models, calibration folders, and OUT_DIRs quantized once per session."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +68,15 @@ def mlp_w8a8(tmp_path_factory, mlp_data) -> Path:
 def mlp_w4a4(tmp_path_factory, mlp_data) -> Path:
     """NormMLP quantized with w4a4-fp-minmax on the same data, for recipe comparisons."""
     return _quantize(tmp_path_factory, "w4a4-fp-minmax", mlp_data)
+
+
+@pytest.fixture(scope="session")
+def outside_quantized(tmp_path_factory, outside_onnx, onnx_data):
+    """The ONNX file from outside bitfold, quantized with w4a4-fp-minmax by the installed `bitfold` script."""
+    out = tmp_path_factory.mktemp("outside") / "q"
+    script = Path(sys.executable).parent / "bitfold"
+    result = subprocess.run([str(script), "quantize", str(outside_onnx), "--recipe", "w4a4-fp-minmax",
+                             "--calib", str(onnx_data), "-o", str(out), "-q"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout

@@ -399,8 +399,7 @@ def analyze(
             sensitivity_sqnr_db=None if sens is None else sens.sqnr,
             weight_hist=_weight_histogram(layer, bins), act_hist=samples[layer.float_node].histogram(bins),
             group=report.group if report is not None else "",
-            granularity=report.granularity if report is not None else
-            ("channel" if wq.group_size is None else f"group{wq.group_size}"),
+            granularity=layer.layout.split("/", 1)[1],
             local_rel_error=None if report is None else report.output_rel_error,
             shift_range=None if layer.shift is None else (int(layer.shift.min()), int(layer.shift.max())),
         ))

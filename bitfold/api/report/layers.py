@@ -10,7 +10,8 @@ layer, the function the quantized graph applies to that layer's *float* input. A
     y  = quantized_linear(xq, Ŵ, …, k, b) = (xq · 2^-k) Ŵᵀ + b
 
 where ``Ŵ`` quantizes ``W' = W · 2^k / c`` (``W`` itself for a pre-shift, ``W · s`` for
-SmoothQuant). ``c`` is the constant of the ``mul`` in front of the quantizer or, where
+SmoothQuant). A SplitQuant layer is one ``codebook_linear`` whose every weight carries a
+cluster id, and so its own cluster's scale and zero point. ``c`` is the constant of the ``mul`` in front of the quantizer or, where
 FoldPreshift moved it into the producing norm, the ratio of the norm's gammas
 ``γ_quantized / γ_float`` (its betas where a gamma is zero). :func:`match_layers` checks
 the pairing: re-quantizing the reconstructed ``W'`` must give back ``Ŵ``.
@@ -19,7 +20,7 @@ the pairing: re-quantizing the reconstructed ``W'`` must give back ``Ŵ``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import fx
@@ -31,7 +32,6 @@ from bitfold.ir.op_groups import LAYER_NORM, LINEAR, RMS_NORM
 aten = torch.ops.aten
 QUANTIZED_LINEAR = torch.ops.bitfold.quantized_linear.default
 FAKE_QUANTIZE = torch.ops.bitfold.fake_quantize.default
-_PACKED_SUFFIX = "_packed_weight"
 #: Smallest share of weights that must re-quantize to the stored codes for a pairing to count.
 _MIN_AGREEMENT = 0.99
 
@@ -68,6 +68,8 @@ class Quantizer:
         if self.scale is None:
             return x
         s, zp = self.scale.float(), self.zero_point
+        if s.shape == x.shape:
+            return x / s if zp is None else x / s + zp.float()
         if s.numel() == 1:
             u = x / s.reshape(())
             return u if zp is None else u + zp.float().reshape(())
@@ -81,6 +83,12 @@ class Quantizer:
         if zp is not None:
             u = u + zp.float()[..., None]
         return u.flatten(1)[:, : x.shape[1]]
+
+    def quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize a ``[N, K]`` weight the way this quantizer's layout says."""
+        if self.scale is not None and self.scale.shape == weight.shape:
+            return formats.get(self.fmt).quantize(weight, self.scale, zero_point=self.zero_point)
+        return ops.pack_weight(weight, self.fmt, self.scale, self.group_size, self.zero_point).unpack()
 
 
 @dataclass
@@ -96,13 +104,16 @@ class QuantizedLayer:
     #: The dequantized weight ``Ŵ`` the quantized graph multiplies with.
     weight_hat: torch.Tensor
     weight_quantizer: Quantizer
+    #: The weight's format and granularity as :attr:`WeightView.layout` says it.
+    layout: str
     #: ``None`` when activations stay float (weight-only recipes).
     act_quantizer: Optional[Quantizer]
     #: ``c`` (shape ``[K]``), ``None`` when the input is not scaled.
     input_scale: Optional[torch.Tensor]
     #: LLM-FP4's integer exponents ``k`` (shape ``[K]``), ``None`` without a pre-shift.
     shift: Optional[torch.Tensor]
-    #: The arguments of the quantized node after its input, resolved to values.
+    #: The quantized op and its arguments after the input, resolved to values.
+    op: Any
     linear_args: Tuple[Any, ...]
     act_args: Tuple[Any, ...]
 
@@ -115,7 +126,7 @@ class QuantizedLayer:
         u = self.quantized_input(x)
         if self.act_quantizer is not None:
             u = FAKE_QUANTIZE(u, *self.act_args)
-        return QUANTIZED_LINEAR(u, *self.linear_args)
+        return self.op(u, *self.linear_args)
 
 
 def _value(gm: fx.GraphModule, arg: Any, where: str) -> Any:
@@ -127,15 +138,73 @@ def _value(gm: fx.GraphModule, arg: Any, where: str) -> Any:
     return arg
 
 
+@dataclass(frozen=True)
+class WeightView:
+    """What a quantized linear op's (resolved) arguments say about its weight."""
+
+    out_features: int
+    in_features: int
+    weight_hat: torch.Tensor
+    quantizer: Quantizer
+    shift: Optional[torch.Tensor]
+    #: SplitQuant's number of value clusters; ``None`` for a plain quantized linear.
+    clusters: Optional[int] = None
+
+    @property
+    def layout(self) -> str:
+        """``int4/channel``, ``uint4/group128``, ``int2/channel ×3 clusters``."""
+        q = self.quantizer
+        text = f"{q.fmt}/{'group' + str(q.group_size) if q.group_size else 'channel'}"
+        return text if self.clusters is None else f"{text} ×{self.clusters} clusters"
+
+
+def _quantized_linear_view(args: Tuple[Any, ...]) -> WeightView:
+    packed, fmt, n, k, scale, group, zp, shift = (args + (None,) * 9)[:8]
+    return WeightView(n, k, ops.unpack_weight(packed, fmt, n, k, scale, group, zp),
+                       Quantizer(fmt, scale, group, zp), shift)
+
+
+def _codebook_linear_view(args: Tuple[Any, ...]) -> WeightView:
+    """Per element: the scale and zero point of its cluster, so the layer reads as one quantizer."""
+    codes, ids, fmt, n, k, clusters, scale, group, zp, shift = (args + (None,) * 11)[:10]
+    cluster = formats.unpack(ids, ops.cluster_id_bits(clusters), n * k).reshape(n, k).long()
+    rows = torch.arange(n)[:, None]
+    index = (cluster, rows) if group is None else (cluster, rows, (torch.arange(k) // group)[None, :])
+    return WeightView(n, k, ops.unpack_codebook_weight(codes, ids, fmt, n, k, clusters, scale, group, zp),
+                       Quantizer(fmt, scale.float()[index], None, None if zp is None else zp.float()[index]),
+                       shift, clusters)
+
+
+def _linear_ops() -> Dict[Any, Tuple[Callable[[Tuple[Any, ...]], WeightView], Tuple[str, ...]]]:
+    """Quantized linear ops: how to read their weight, and the name suffixes that give their layer."""
+    found = {QUANTIZED_LINEAR: (_quantized_linear_view, ("_packed_weight",))}
+    codebook = getattr(torch.ops.bitfold, "codebook_linear", None)
+    if codebook is not None:
+        found[codebook.default] = (_codebook_linear_view, ("_codebook", "_codes"))
+    return found
+
+
+def is_quantized_linear(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in _linear_ops()
+
+
+def weight_view(gm: fx.GraphModule, node: fx.Node) -> WeightView:
+    """The weight of the quantized linear ``node`` of ``gm``: shape, dequantized values, quantizer."""
+    read_weight, _ = _linear_ops()[node.target]
+    return read_weight(tuple(_value(gm, a, f"quantized node {node.name}") for a in node.args[1:]))
+
+
 def layer_name(node: fx.Node) -> str:
-    """The float linear a ``quantized_linear`` node replaced (kept in meta, or in its weight's name)."""
+    """The float linear a quantized node replaced: kept in meta in memory; after loading, read
+    from the name of the node or of its first constant (``<layer>_packed_weight``, ``<layer>_codebook``)."""
     name = node.meta.get("bitfold_layer")
     if isinstance(name, str):
         return name
-    packed = node.args[1]
-    target = str(getattr(packed, "target", ""))
-    if target.endswith(_PACKED_SUFFIX):
-        return target[: -len(_PACKED_SUFFIX)]
+    _, suffixes = _linear_ops()[node.target]
+    for text in (node.name, str(getattr(node.args[1], "target", ""))):
+        for suffix in suffixes:
+            if text.endswith(suffix):
+                return text[: -len(suffix)]
     raise AnalysisError(f"quantized node {node.name}: cannot tell which float layer it replaced")
 
 
@@ -174,8 +243,7 @@ def _input_scale(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, f_node: fx.
 
 def _agreement(layer: "QuantizedLayer") -> float:
     """Share of the reconstructed ``W'`` that quantizes to exactly the stored ``Ŵ``."""
-    q = layer.weight_quantizer
-    requant = ops.pack_weight(layer.weight, q.fmt, q.scale, q.group_size, q.zero_point).unpack()
+    requant = layer.weight_quantizer.quantize(layer.weight)
     return float(torch.isclose(requant, layer.weight_hat, rtol=1e-5, atol=0).float().mean())
 
 
@@ -183,8 +251,8 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
     name = f_node.name
     where = f"layer {name} ({q_node.name})"
     args = tuple(_value(quant_gm, a, where) for a in q_node.args[1:])
-    args = args + (None,) * (9 - len(args))
-    packed, fmt, n_out, k_in, w_scale, group, zp, shift = args[:8]
+    view = weight_view(quant_gm, q_node)
+    n_out, k_in, shift = view.out_features, view.in_features, view.shift
     weight = attr_value(float_gm, f_node.args[1])
     if weight is None or tuple(weight.shape) != (n_out, k_in):
         raise AnalysisError(
@@ -210,11 +278,13 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
         float_node=f_node,
         quantized_node=q_node,
         weight=weight.detach().float() * factor,
-        weight_hat=ops.unpack_weight(packed, fmt, n_out, k_in, w_scale, group, zp),
-        weight_quantizer=Quantizer(fmt, w_scale, group, zp),
+        weight_hat=view.weight_hat,
+        weight_quantizer=view.quantizer,
+        layout=view.layout,
         act_quantizer=act_quantizer,
         input_scale=c,
         shift=shift,
+        op=q_node.target,
         linear_args=args,
         act_args=act_args,
     )
@@ -228,11 +298,11 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
 
 
 def match_layers(float_gm: fx.GraphModule, quant_gm: fx.GraphModule) -> List[QuantizedLayer]:
-    """Every ``quantized_linear`` of ``quant_gm`` with its ``aten.linear`` in ``float_gm``, in graph order."""
+    """Every quantized linear of ``quant_gm`` with its ``aten.linear`` in ``float_gm``, in graph order."""
     linears = {n.name: n for n in float_gm.graph.nodes if n.op == "call_function" and n.target in LINEAR}
     layers = []
     for node in quant_gm.graph.nodes:
-        if node.op != "call_function" or node.target != QUANTIZED_LINEAR:
+        if not is_quantized_linear(node):
             continue
         name = layer_name(node)
         if name not in linears:

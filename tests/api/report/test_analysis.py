@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import bitfold
+from bitfold.api import QuantizedModel
 from bitfold.api.report import Analysis, AnalysisError, analyze, float_reference, match_layers, render_html
 from bitfold.api.report.analysis import histogram
 
@@ -42,7 +43,7 @@ def _quantized(recipe):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["w4a8-fp", "w4a4-int-smooth", "w4a16-int-g128"])
+@pytest.mark.parametrize("recipe", ["w4a8-fp", "w4a4-int-smooth", "w4a16-int-g128", "w3a16-int-split"])
 def test_single_layer_sensitivity_is_the_model_error(recipe):
     model = NormLinear().eval()
     data = _data()
@@ -106,3 +107,18 @@ def test_histogram_counts_saturation_beyond_half_a_step():
     assert h.beyond_grid == pytest.approx(2 / 8)  # 2.6 and -3.0; 2.4 and -2.49 round to the ends anyway
     assert sum(h.counts) + round(h.outside * h.values) == 8
     assert h.edges[0] <= -2.0 and h.edges[-1] >= 2.0
+
+
+@pytest.mark.parametrize("recipe", ["w8a8-int", "w3a16-int-split"])
+def test_loaded_model_gives_the_same_analysis(recipe, tmp_path):
+    """After save/load the layer names come from the graph's constant and node names, not meta."""
+    model, data = NormLinear().eval(), _data()
+    q = _quantized(recipe)
+    q.save(tmp_path / "q")
+    reference = float_reference(model, data, 128)
+    fresh = analyze(reference, q, data[:1], sensitivity=False)
+    loaded = analyze(reference, QuantizedModel.load(tmp_path / "q"), data[:1], sensitivity=False)
+    assert loaded == fresh
+    if recipe.endswith("split"):
+        assert fresh.layers[0].granularity == "channel ×3 clusters"
+        assert fresh.layers[0].weight_hist.grid == [float(v) for v in range(8)]  # uint3 in each cluster's units
