@@ -32,10 +32,22 @@ def load_quantized(directory: str):
     return QuantizedModel.load(path)
 
 
+def backend_inputs(directory: str, output: str, overwrite: bool) -> Tuple[Any, Path, Optional[Tuple[Any, ...]]]:
+    """For ``export`` / ``compile``: the quantized model, the output path (refused if it exists
+    without ``overwrite``), and the saved example input (``None`` if there is none)."""
+    q = load_quantized(directory)
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise CLIError(f"{out}: exists; pass --overwrite to replace it")
+    return q, out, load_example(directory)
+
+
 def save_example(directory: str, item: Tuple[Any, ...]) -> None:
     """Store the tensors of one model input as ``input_0``, ``input_1``, … (atomically)."""
     import torch
     from safetensors.torch import save_file
+
+    from bitfold.api.report.analysis import default_file_mode
 
     tensors = {f"input_{i}": x.detach().contiguous().cpu() for i, x in enumerate(item) if isinstance(x, torch.Tensor)}
     if len(tensors) != len(item):
@@ -44,6 +56,7 @@ def save_example(directory: str, item: Tuple[Any, ...]) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, os.path.join(directory, EXAMPLE_FILE))
     except BaseException:
         if os.path.exists(tmp):

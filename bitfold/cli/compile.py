@@ -9,9 +9,6 @@ with ``bitfold.backends.tvm.CompiledModel.load``) and runs it once on the exampl
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from bitfold.cli.errors import CLIError
 
 EXAMPLES = """\
 examples:
@@ -36,16 +33,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitfold.cli.artifact import load_example, load_quantized
+    from bitfold.cli.artifact import backend_inputs
+
+    q, out, example = backend_inputs(args.directory, args.output, args.overwrite)
+    from bitfold.backends.tvm import compile as compile_model
     from bitfold.cli.backend_check import max_relative_error
 
-    q = load_quantized(args.directory)
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out}: exists; pass --overwrite to replace it")
-    from bitfold.backends.tvm import compile as compile_model
-
-    example = load_example(args.directory)
     compiled = compile_model(q, target=args.target, example_inputs=example)
     compiled.export(out, overwrite=args.overwrite)
     line = f"wrote {out} for target {args.target!r}"

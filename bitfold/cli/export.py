@@ -10,9 +10,6 @@ Runtime on it, and its largest difference from the PyTorch simulation is reporte
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from bitfold.cli.errors import CLIError
 
 EXAMPLES = """\
 examples:
@@ -36,17 +33,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitfold.cli.artifact import load_example, load_quantized
+    from bitfold.cli.artifact import backend_inputs
 
-    q = load_quantized(args.directory)
-    out = Path(args.onnx)
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out}: exists; pass --overwrite to replace it")
+    q, out, example = backend_inputs(args.directory, args.onnx, args.overwrite)
     from bitfold import export_onnx
     from bitfold.backends.onnx import ort_session
     from bitfold.backends.onnx.runtime import run as ort_run
 
-    example = load_example(args.directory)
     export_onnx(q, out, example, mode=args.mode)
     line = f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, mode {args.mode})"
     if example is not None and not args.no_check:

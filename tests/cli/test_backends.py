@@ -4,6 +4,7 @@ the PyTorch simulation (the ONNX file also on inputs of another shape than the s
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from bitfold.api import QuantizedModel
@@ -15,6 +16,7 @@ def _reported_difference(out: str) -> float:
     return float(re.search(r"max relative difference from the PyTorch simulation.*: ([0-9.e+-]+)", out).group(1))
 
 
+@pytest.mark.slow
 def test_export_compressed_onnx_runs_in_onnx_runtime(capsys, tmp_path, outside_quantized):
     directory, _ = outside_quantized
     path = tmp_path / "q.onnx"
@@ -33,6 +35,7 @@ def test_export_compressed_onnx_runs_in_onnx_runtime(capsys, tmp_path, outside_q
     assert code == 1 and "exists; pass --overwrite" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_compile_for_llvm(capsys, tmp_path, outside_quantized):
     directory, _ = outside_quantized
     target = tmp_path / "q-llvm"

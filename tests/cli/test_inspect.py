@@ -1,5 +1,7 @@
 """`bitfold inspect`: a model's layers and float reasons; a quantized OUT_DIR's chosen formats."""
 
+import pytest
+
 from .conftest import FACTORY, HERE, run_cli
 
 
@@ -26,6 +28,7 @@ def test_inspect_factory_without_example_needs_data(capsys, mlp_data):
     assert code == 0 and "quantizable layers (3):" in out
 
 
+@pytest.mark.slow
 def test_inspect_quantized_dirs(capsys, mlp_w8a8, mlp_w4a4):
     code, out, _ = run_cli(capsys, "inspect", mlp_w8a8)
     assert code == 0

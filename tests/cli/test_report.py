@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bitfold.api.report.analysis import default_file_mode
+
 from .conftest import FACTORY, run_cli
 
 #: matplotlib's default blue, which only the embedded plots use on the page.
@@ -33,10 +35,12 @@ def _screenshot(html, png, width=1280, height=2200) -> Image.Image:
     return Image.open(png).convert("RGB")
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(capsys, tmp_path, mlp_w8a8, mlp_w4a4):
     html = tmp_path / "report.html"
     code, out, _ = run_cli(capsys, "report", mlp_w8a8, "--compare", mlp_w4a4, "-o", html, "-q")
     assert code == 0 and f"wrote {html}" in out
+    assert html.stat().st_mode & 0o777 == default_file_mode()  # not mkstemp's 0600
     text = html.read_text()
     assert "http://" not in text and "https://" not in text and "<script" not in text
     images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', text)
@@ -57,6 +61,7 @@ def test_report_renders_in_headless_chromium(capsys, tmp_path, mlp_w8a8, mlp_w4a
     assert rows.max() - rows.min() > 600, "plot pixels only in one band: fewer plots rendered than embedded"
 
 
+@pytest.mark.slow
 def test_accuracy_table_and_its_errors(capsys, tmp_path, mlp_w8a8):
     good = tmp_path / "acc.json"
     good.write_text(json.dumps({"metric": "top-1 agreement", "results": {"fp32": 1.0, "w8a8-int": 0.98}}))
@@ -79,6 +84,7 @@ def test_compare_refuses_other_inputs(capsys, tmp_path, mlp_w8a8, mlp_w4a4):
     assert code == 1 and "measured on other inputs" in err
 
 
+@pytest.mark.slow
 def test_analysis_computed_later_matches_the_saved_one(capsys, tmp_path, mlp_w8a8, mlp_data):
     bare = tmp_path / "bare"
     shutil.copytree(mlp_w8a8, bare)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 from bitfold.api.report.analysis import Histogram, LayerAnalysis, ShiftGroup
 
@@ -114,48 +114,48 @@ def _draw_histogram(ax, hist: Histogram, title: str, max_lines: int = 40) -> Non
     ax.set_xlabel(hist.units, fontsize=6)
 
 
-def histogram_pages(layers: Sequence[LayerAnalysis], kind: str, per_page: int = 16, columns: int = 4) -> List[bytes]:
-    """Small multiples of ``kind`` (``"weight"`` or ``"act"``) histograms, the grid in red."""
+def _small_multiples(items: Sequence, draw: Callable, per_page: int, columns: int, row_height: float) -> List[bytes]:
+    """Pages of ``columns``-wide grids, ``draw(ax, item)`` per item; empty cells hidden."""
     plt = _pyplot()
     pages = []
-    for start in range(0, len(layers), per_page):
-        chunk = layers[start:start + per_page]
+    for start in range(0, len(items), per_page):
+        chunk = items[start:start + per_page]
         rows = -(-len(chunk) // columns)
-        fig, axes = plt.subplots(rows, columns, figsize=(11, 2.3 * rows), squeeze=False)
-        for ax, layer in zip([a for row in axes for a in row], chunk):
-            hist = layer.weight_hist if kind == "weight" else layer.act_hist
-            fmt = layer.weight_format if kind == "weight" else (layer.act_format or "float")
-            _draw_histogram(ax, hist, f"{layer.layer} · {fmt}")
-        for ax in [a for row in axes for a in row][len(chunk):]:
+        fig, axes = plt.subplots(rows, columns, figsize=(11, row_height * rows), squeeze=False)
+        cells = [a for row in axes for a in row]
+        for ax, item in zip(cells, chunk):
+            draw(ax, item)
+        for ax in cells[len(chunk):]:
             ax.axis("off")
         fig.tight_layout()
         pages.append(_png(fig))
     return pages
+
+
+def histogram_pages(layers: Sequence[LayerAnalysis], kind: str, per_page: int = 16, columns: int = 4) -> List[bytes]:
+    """Small multiples of ``kind`` (``"weight"`` or ``"act"``) histograms, the grid in red."""
+    def draw(ax, layer: LayerAnalysis) -> None:
+        hist = layer.weight_hist if kind == "weight" else layer.act_hist
+        fmt = layer.weight_format if kind == "weight" else (layer.act_format or "float")
+        _draw_histogram(ax, hist, f"{layer.layer} · {fmt}")
+
+    return _small_multiples(layers, draw, per_page, columns, 2.3)
 
 
 def shift_pages(groups: Sequence[ShiftGroup], per_page: int = 6, columns: int = 2) -> List[bytes]:
     """Per shared input: the exponent shift ``k_j`` of each channel (bars) and
     ``log2 max|x_j|`` (line), which the shifts should follow."""
-    plt = _pyplot()
-    pages = []
-    for start in range(0, len(groups), per_page):
-        chunk = groups[start:start + per_page]
-        rows = -(-len(chunk) // columns)
-        fig, axes = plt.subplots(rows, columns, figsize=(11, 2.6 * rows), squeeze=False)
-        for ax, group in zip([a for row in axes for a in row], chunk):
-            channels = range(len(group.shift))
-            ax.bar(channels, group.shift, width=1.0, color=BLUE, label="shift k")
-            ax.set_ylabel("k", fontsize=7)
-            twin = ax.twinx()
-            twin.plot(channels, [math.log2(a) if a > 0 else float("nan") for a in group.channel_absmax],
-                      color=ORANGE, linewidth=0.8)
-            twin.set_ylabel("log2 max|x|", fontsize=7, color=ORANGE)
-            twin.tick_params(labelsize=6)
-            ax.tick_params(labelsize=6)
-            ax.set_xlabel("input channel", fontsize=7)
-            ax.set_title(f"{group.group} → {', '.join(group.layers)}", fontsize=8)
-        for ax in [a for row in axes for a in row][len(chunk):]:
-            ax.axis("off")
-        fig.tight_layout()
-        pages.append(_png(fig))
-    return pages
+    def draw(ax, group: ShiftGroup) -> None:
+        channels = range(len(group.shift))
+        ax.bar(channels, group.shift, width=1.0, color=BLUE, label="shift k")
+        ax.set_ylabel("k", fontsize=7)
+        twin = ax.twinx()
+        twin.plot(channels, [math.log2(a) if a > 0 else float("nan") for a in group.channel_absmax],
+                  color=ORANGE, linewidth=0.8)
+        twin.set_ylabel("log2 max|x|", fontsize=7, color=ORANGE)
+        twin.tick_params(labelsize=6)
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("input channel", fontsize=7)
+        ax.set_title(f"{group.group} → {', '.join(group.layers)}", fontsize=8)
+
+    return _small_multiples(groups, draw, per_page, columns, 2.6)
