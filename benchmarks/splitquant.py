@@ -34,6 +34,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -237,12 +238,82 @@ def measure_speed(shapes: List[Tuple[int, int]], batches: List[int], bits: int =
     return rows
 
 
+def _tvm_seconds(lib, name: str, arrays: List[Any], repeat: int) -> float:
+    """Best of ``repeat`` timings (each the mean of enough calls to take ~50 ms) of one compiled kernel."""
+    import tvm
+
+    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
+    timer = lib.jit().time_evaluator(name, tvm.cpu(), number=1, repeat=1, min_repeat_ms=50)
+    return min(timer(*args).mean for _ in range(repeat))
+
+
+def measure_tvm_speed(shapes: List[Tuple[int, int]], batches: List[int], k: int = 3,
+                      repeat: int = 5) -> List[Dict[str, Any]]:
+    """Microseconds per call of compiled kernels: the codebook kernel (INT2 codes + cluster ids, one pass)
+    against SplitQuant's k dense INT2 GEMMs (bitfold.codegen's quantized_linear kernel, run k times;
+    the k − 1 additions of their outputs are not counted), plain INT2 and plain INT4."""
+    import tvm
+
+    from bitfold.codegen import LinearKernelSpec, build_linear_kernel, host_cpu_target, kernel_inputs_from_tensors
+    from bitfold.codegen.codebook_linear import codebook_kernel_inputs, codebook_spec, compile_codebook_kernel
+
+    target = host_cpu_target()
+    rows = []
+    for n, kdim in shapes:
+        torch.manual_seed(0)
+        w = torch.randn(n, kdim) * 0.02
+        ids = torch.bucketize(w, torch.quantile(w, torch.tensor([i / k for i in range(1, k)])))
+        f = formats.get("uint2")
+        parts, codes, scales, zeros = [], [], [], []
+        for c in range(k):
+            part = torch.where(ids == c, w, torch.zeros(()))
+            lo, hi = part.amin(1).clamp(max=0), part.amax(1).clamp(min=0)
+            s = ((hi - lo) / f.qmax).clamp_min(1e-12)
+            z = torch.round(-lo / s).clamp(0, f.qmax)
+            parts.append((ops.pack_weight(part, "uint2", s, zero_point=z), z))
+            codes.append(f.encode(part, s, axis=0, zero_point=z))
+            scales.append(s)
+            zeros.append(z)
+        cw = ops.codebook_from_codes(torch.stack(codes).gather(0, ids[None])[0], ids, "uint2", torch.stack(scales),
+                                     zero_point=torch.stack(zeros))
+        cb_spec = codebook_spec(cw, False, False)
+        cb_lib, cb_name, cb_arrays = compile_codebook_kernel(cb_spec, target), cb_spec.name(None), \
+            codebook_kernel_inputs(cb_spec, cw)
+        dense = {}
+        for bits in (2, 4):
+            spec = LinearKernelSpec(f"uint{bits}", n, kdim, None, True, False, False)
+            func = build_linear_kernel(spec, target)
+            dense[bits] = (spec, tvm.compile(func, target=target), str(func.attrs["global_symbol"]))
+        for m in batches:
+            x = np.random.default_rng(0).standard_normal((m, kdim)).astype(np.float32)
+            y = np.zeros((m, n), np.float32)
+            row = {"shape": [n, kdim], "batch": m,
+                   "codebook_us": round(_tvm_seconds(cb_lib, cb_name, [x, *cb_arrays, y], repeat) * 1e6, 1)}
+            spec2, lib2, name2 = dense[2]
+            part_seconds = sum(_tvm_seconds(lib2, name2, [x, *kernel_inputs_from_tensors(
+                spec2, pw.packed, pw.scale, z, None, None), y], repeat) for pw, z in parts)
+            row[f"{k}_int2_parts_us"] = round(part_seconds * 1e6, 1)
+            for bits, (spec, lib, name) in dense.items():
+                g = formats.get(f"uint{bits}")
+                lo, hi = w.amin(1), w.amax(1)
+                s = (hi - lo) / g.qmax
+                z = torch.round(-lo / s)
+                pw = ops.pack_weight(w, g.name, s, zero_point=z)
+                arrays = kernel_inputs_from_tensors(spec, pw.packed, pw.scale, z, None, None)
+                row[f"int{bits}_us"] = round(_tvm_seconds(lib, name, [x, *arrays, y], repeat) * 1e6, 1)
+            row["parts_over_codebook"] = round(row[f"{k}_int2_parts_us"] / row["codebook_us"], 2)
+            rows.append(row)
+            print("  " + "  ".join(f"{key} {v}" for key, v in row.items()), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="", help=f"comma-separated: {', '.join(MODELS)}")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
                         help="comma-separated recipe[:split settings joined by +], e.g. w2a16-int-split:k=2")
     parser.add_argument("--speed", action="store_true", help="time the codebook GEMM against the split parts")
+    parser.add_argument("--tvm-speed", action="store_true", help="the same with kernels compiled by TVM")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     result: Dict[str, Any] = {"load_average": os.getloadavg(), "torch_threads": torch.get_num_threads()}
@@ -255,6 +326,9 @@ def main() -> None:
     if args.speed:
         print("\nspeed (microseconds per call, best of 5)")
         result["speed"] = measure_speed([(384, 1536), (1536, 384), (576, 1536)], [1, 16, 256])
+    if args.tvm_speed:
+        print("\nTVM kernels (microseconds per call, best of 5)")
+        result["tvm_speed"] = measure_tvm_speed([(384, 1536), (1536, 384), (576, 1536)], [1, 16, 128])
     result["load_average_end"] = os.getloadavg()
     if args.json:
         directory = os.path.dirname(os.path.abspath(args.json))

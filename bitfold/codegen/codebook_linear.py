@@ -10,12 +10,16 @@ no per-cluster arithmetic at all::
     y[m, n] = Σ_j x̃[m, j] · T[n, u[n, j]]        (x̃ = x · 2^-shift, + bias[n])
 
 Layout: the codes of channel ``n`` are packed eight to a 32-bit word, ``codes[n, w]`` holding
-``u[n, 8w + i]`` in bits ``[4i, 4i + 4)`` (zero past ``K``; the padded activations are zero
-too). Lanes run along ``K``: one word is broadcast, shifted per lane (``vpsrlvd``) and masked
-to eight indices, and two ``vpermps`` on the channel's table (entries 0–7 and 8–15, picked
-by ``vblendvps`` on the index's top bit) give eight weights:
+``u[n, 8w + i]`` in bits ``[4i, 4i + 4)`` (zero past ``K``, padded to blocks of 64). Lanes run
+along ``K``: eight consecutive words (a block of 64 codes) are one vector, and nibble ``i`` of
+its lanes is the codes of input channels ``64b + 8·lane + i``. ``vpermps`` reads only the low
+three bits of an index, so ``words >> 4i`` indexes the channel's table registers (entries
+0–7 and 8–15) directly, and ``words << (28 − 4i)`` moves the nibble's top bit to the sign bit
+that ``vblendvps`` picks the half by: eight weights for two shifts, two ``vpermps`` and a
+blend. The activations are prepared once per call in the same order (``x̃`` of block ``b``
+stored nibble-major: slot ``64b + 8i + lane`` holds channel ``64b + 8·lane + i``):
 
-* GEMV (``M = 1``): per channel, four accumulation chains of ``acc += x̃[8w:8w+8] · Ŵ``,
+* GEMV (``M = 1``): per channel, four accumulation chains of ``acc += x̃[slots] · Ŵ[slots]``,
   channels in parallel;
 * GEMM: per block of 8 channels, the block's weights are decoded once into a stack buffer,
   then each row of ``x̃`` is multiplied with all 8 (one activation load feeds 8 FMAs).
@@ -30,11 +34,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 import tvm
+from torch import fx
 from tvm import tirx as tir
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
@@ -42,15 +47,20 @@ from tvm.script.ir_builder import tirx as T
 from bitfold.codegen import vector as V
 from bitfold.codegen.kernel import TargetLike, as_target
 from bitfold.codegen.spec import KernelError
+from bitfold.ir.graph_utils import attr_value
 from bitfold.ir.ops import CodebookWeight
 
 #: Combined code width the kernels take (a 16-entry table in two registers).
 CODE_BITS = 4
 CODES_PER_WORD = 32 // CODE_BITS
-#: Words per step of the GEMV loop: one per accumulation chain.
+#: Input channels per block: one vector of eight code words.
+BLOCK_SLOTS = CODES_PER_WORD * 8
+#: Independent accumulation chains of the GEMV.
 CHAINS = 4
 #: Output channels whose weights the GEMM decodes together (one activation load, 8 FMAs).
 BLOCK = 8
+#: Output channels per parallel task of the GEMV.
+ROWS_PER_TASK = 32
 
 
 @dataclass(frozen=True)
@@ -63,14 +73,17 @@ class CodebookKernelSpec:
     has_bias: bool = False
 
     @property
+    def blocks(self) -> int:
+        """Blocks of 64 input channels (the last one zero padded)."""
+        return -(-self.in_features // BLOCK_SLOTS)
+
+    @property
     def words(self) -> int:
-        """Code words per channel, padded to whole steps of the GEMV loop."""
-        per_step = CODES_PER_WORD * CHAINS
-        return -(-self.in_features // per_step) * CHAINS
+        return self.blocks * 8
 
     @property
     def slots(self) -> int:
-        return self.words * CODES_PER_WORD
+        return self.blocks * BLOCK_SLOTS
 
     def name(self, m: Optional[int]) -> str:
         parts = ["bitfold_codebook_linear", *(f for f, on in (("shift", self.has_shift), ("bias", self.has_bias)) if on),
@@ -113,6 +126,33 @@ def codebook_kernel_inputs(spec: CodebookKernelSpec, weight: CodebookWeight, shi
     return arrays
 
 
+#: Argument names of ``bitfold::codebook_linear``, in schema order.
+CODEBOOK_LINEAR_ARGS = ("x", "packed_codes", "packed_ids", "fmt", "out_features", "in_features", "clusters",
+                        "weight_scale", "group_size", "weight_zero_point", "input_shift", "bias")
+
+
+def codebook_kernel_from_node(node: fx.Node, gm: fx.GraphModule) -> Tuple[CodebookKernelSpec, List[np.ndarray]]:
+    """The kernel spec and weight-side arrays of a ``bitfold::codebook_linear`` node (constants only)."""
+    if node.op != "call_function" or node.target is not torch.ops.bitfold.codebook_linear.default:
+        raise KernelError(f"node {node.name}: expected a call to bitfold::codebook_linear, got {node.op} {node.target}")
+    values = dict.fromkeys(CODEBOOK_LINEAR_ARGS[8:])
+    values.update(zip(CODEBOOK_LINEAR_ARGS, node.args))
+    values.update(node.kwargs)
+    tensors = {}
+    for name in ("packed_codes", "packed_ids", "weight_scale", "weight_zero_point", "input_shift", "bias"):
+        if values[name] is not None:
+            tensors[name] = attr_value(gm, values[name])
+            if tensors[name] is None:
+                raise KernelError(f"node {node.name}: {name} must be a constant (a get_attr) to compile")
+        else:
+            tensors[name] = None
+    weight = CodebookWeight(tensors["packed_codes"], tensors["packed_ids"], values["fmt"], int(values["out_features"]),
+                            int(values["in_features"]), int(values["clusters"]), tensors["weight_scale"],
+                            values["group_size"], tensors["weight_zero_point"])
+    spec = codebook_spec(weight, tensors["input_shift"] is not None, tensors["bias"] is not None)
+    return spec, codebook_kernel_inputs(spec, weight, tensors["input_shift"], tensors["bias"])
+
+
 class _Args:
     def __init__(self, spec: CodebookKernelSpec, m) -> None:
         n, k = spec.out_features, spec.in_features
@@ -126,22 +166,24 @@ class _Args:
 
 
 def _prepare(a: _Args, xs: tir.Buffer) -> None:
-    """``xs[m, j] = x[m, j] · 2^-shift[j]``, zero in the padding slots."""
+    """``xs[m, 64b + 8i + l] = x[m, 64b + 8l + i] · 2^-shift``, zero past ``K`` (nibble-major blocks)."""
     k = a.spec.in_features
     with T.serial(a.m) as row:
-        with T.serial(a.spec.slots) as j:
+        with T.serial(a.spec.slots) as slot:
+            block, within = tir.floordiv(slot, BLOCK_SLOTS), tir.floormod(slot, BLOCK_SLOTS)
+            j = block * BLOCK_SLOTS + tir.floormod(within, 8) * 8 + tir.floordiv(within, 8)
             value = a.x[row, tir.min(j, k - 1)]
             if a.shift is not None:
                 value = value * a.shift[tir.min(j, k - 1)]
-            T.buffer_store(xs, tir.Select(j < k, value, tir.const(0.0, "float32")), [row, j])
+            T.buffer_store(xs, tir.Select(j < k, value, tir.const(0.0, "float32")), [row, slot])
 
 
-def _decode(a: _Args, n, w, low, high) -> tir.PrimExpr:
-    """Eight weights ``Ŵ[n, 8w : 8w+8]`` from one code word and the channel's table registers."""
-    word = V.splat(a.codes[n, w])
-    index = (word >> tir.Cast("uint32x8", tir.Ramp(0, CODE_BITS, V.LANES))) & V.const(2**CODE_BITS - 1, "uint32")
-    index = T.bind(index)
-    return V.blendv(V.permps(low, index), V.permps(high, index), index << V.const(32 - CODE_BITS, "uint32"))
+def _decode(words: tir.PrimExpr, i: int, low, high) -> tir.PrimExpr:
+    """Weights of nibble ``i`` of eight code words (slots ``8i … 8i+7`` of their block)."""
+    index = words if i == 0 else words >> V.const(CODE_BITS * i, "uint32")
+    top = 32 - CODE_BITS * (i + 1)
+    sign = words if top == 0 else words << V.const(top, "uint32")
+    return V.blendv(V.permps(low, index), V.permps(high, index), sign)
 
 
 def _hsum(acc: tir.Buffer, base: int) -> tir.PrimExpr:
@@ -158,21 +200,28 @@ def _store(a: _Args, row, n, value: tir.PrimExpr) -> None:
 
 
 def _emit_gemv(a: _Args, xs: tir.Buffer) -> None:
-    with T.parallel(a.spec.out_features) as n:
-        low = T.bind(V.load(a.tables, n, 0))
-        high = T.bind(V.load(a.tables, n, V.LANES))
+    n_total = a.spec.out_features
+    # Tasks of ROWS_PER_TASK channels: a task's scratch is allocated once, not per channel.
+    with T.parallel(-(-n_total // ROWS_PER_TASK)) as task:
         acc = T.alloc_buffer((CHAINS * V.LANES,), "float32", scope="local")
-        for c in range(CHAINS):
-            T.buffer_store(acc, V.const(0.0, "float32"), [V.ramp(c * V.LANES)])
-        with T.serial(a.spec.words // CHAINS) as step:
-            for c in range(CHAINS):
-                w = step * CHAINS + c
-                weight = _decode(a, n, w, low, high)
-                update = V.load(acc, c * V.LANES) + V.load(xs, 0, w * CODES_PER_WORD) * weight
-                T.buffer_store(acc, update, [V.ramp(c * V.LANES)])
-        for c in range(1, CHAINS):
-            T.buffer_store(acc, V.load(acc, 0) + V.load(acc, c * V.LANES), [V.ramp(0)])
-        _store(a, 0, n, _hsum(acc, 0))
+        with T.serial(tir.min(ROWS_PER_TASK, n_total - task * ROWS_PER_TASK)) as r:
+            _gemv_row(a, xs, acc, task * ROWS_PER_TASK + r)
+
+
+def _gemv_row(a: _Args, xs: tir.Buffer, acc: tir.Buffer, n) -> None:
+    low = T.bind(V.load(a.tables, n, 0))
+    high = T.bind(V.load(a.tables, n, V.LANES))
+    for c in range(CHAINS):
+        T.buffer_store(acc, V.const(0.0, "float32"), [V.ramp(c * V.LANES)])
+    with T.serial(a.spec.blocks) as b:
+        words = T.bind(V.load(a.codes, n, b * 8))
+        for i in range(CODES_PER_WORD):
+            c = (i % CHAINS) * V.LANES
+            update = V.load(acc, c) + V.load(xs, 0, b * BLOCK_SLOTS + i * V.LANES) * _decode(words, i, low, high)
+            T.buffer_store(acc, update, [V.ramp(c)])
+    for c in range(1, CHAINS):
+        T.buffer_store(acc, V.load(acc, 0) + V.load(acc, c * V.LANES), [V.ramp(0)])
+    _store(a, 0, n, _hsum(acc, 0))
 
 
 def _emit_gemm(a: _Args, xs: tir.Buffer) -> None:
@@ -184,8 +233,11 @@ def _emit_gemm(a: _Args, xs: tir.Buffer) -> None:
             n = tir.min(block * BLOCK + i, spec.out_features - 1)  # the last block repeats a channel
             low = T.bind(V.load(a.tables, n, 0))
             high = T.bind(V.load(a.tables, n, V.LANES))
-            with T.serial(spec.words) as w:
-                T.buffer_store(decoded, _decode(a, n, w, low, high), [i, V.ramp(w * CODES_PER_WORD)])
+            with T.serial(spec.blocks) as b:
+                words = T.bind(V.load(a.codes, n, b * 8))
+                for nibble in range(CODES_PER_WORD):
+                    T.buffer_store(decoded, _decode(words, nibble, low, high),
+                                   [i, V.ramp(b * BLOCK_SLOTS + nibble * V.LANES)])
         acc = T.alloc_buffer((BLOCK * V.LANES,), "float32", scope="local")
         with T.serial(a.m) as row:
             for i in range(BLOCK):

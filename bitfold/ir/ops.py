@@ -250,6 +250,36 @@ class CodebookWeight:
             self.scale, self.group_size, self.zero_point,
         )
 
+    @property
+    def combined_bits(self) -> int:
+        """Bits of a code and its cluster id together: ``bits + ceil(log2 clusters)``."""
+        return formats.get(self.fmt).bits + cluster_id_bits(self.clusters)
+
+    def combined_codes(self) -> torch.Tensor:
+        """``[N, K]`` int64 ``id · 2^bits + code``: an element's cluster and code in one number."""
+        f = formats.get(self.fmt)
+        numel = self.out_features * self.in_features
+        codes = formats.unpack(self.packed_codes, f.bits, numel).long()
+        ids = formats.unpack(self.packed_ids, cluster_id_bits(self.clusters), numel).long()
+        return (ids * 2**f.bits + codes).reshape(self.out_features, self.in_features)
+
+    def value_tables(self) -> torch.Tensor:
+        """``[G, 2^combined_bits, N]`` float32: the value of every combined code per group and channel.
+
+        Computed by the format's own decode (``(t[q] − round(z)) · s``, float32), so looking
+        up ``combined_codes()`` returns exactly :meth:`unpack` (combined codes whose id is not
+        a cluster never occur; their rows repeat the last cluster).
+        """
+        f = formats.get(self.fmt)
+        n, k = self.out_features, self.in_features
+        combined = torch.arange(2**self.combined_bits)
+        codes, ids = combined % 2**f.bits, (combined // 2**f.bits).clamp(max=self.clusters - 1)
+        groups = 1 if self.group_size is None else -(-k // self.group_size)
+        s = self.scale.float().reshape(self.clusters, n, groups)[ids].permute(2, 0, 1)
+        z = None if self.zero_point is None else \
+            self.zero_point.float().reshape(self.clusters, n, groups)[ids].permute(2, 0, 1)
+        return f.decode(codes[None, :, None].expand_as(s).to(torch.int32), s, zero_point=z).contiguous()
+
 
 def _codebook_format(fmt: str) -> Format:
     f = formats.get(fmt)

@@ -29,7 +29,7 @@ from onnx import TensorProto, numpy_helper
 from bitfold.backends.onnx.lowering import BitfoldNode, LoweringContext
 from bitfold.backends.onnx.registry import register_lowering
 from bitfold.ir import formats
-from bitfold.ir.ops import CodebookWeight, cluster_id_bits
+from bitfold.ir.ops import CodebookWeight
 
 # codebook_linear(x, packed_codes, packed_ids, fmt, out_features, in_features, clusters, weight_scale,
 #                 group_size, weight_zero_point, input_shift, bias): tensor inputs in that order.
@@ -55,45 +55,15 @@ def _weight(node: BitfoldNode, ctx: LoweringContext) -> CodebookWeight:
     )
 
 
-def combined_codes(weight: CodebookWeight) -> np.ndarray:
-    """``[N, K]`` int64 ``c · 2^b + q``: cluster id and code in one number."""
-    f = formats.get(weight.fmt)
-    numel = weight.out_features * weight.in_features
-    codes = formats.unpack(weight.packed_codes, f.bits, numel).long()
-    ids = formats.unpack(weight.packed_ids, cluster_id_bits(weight.clusters), numel).long()
-    return (ids * 2**f.bits + codes).reshape(weight.out_features, weight.in_features).numpy()
-
-
-def value_tables(weight: CodebookWeight) -> np.ndarray:
-    """``[G, 2^(b+id bits), N]`` float32: the value of every combined code per group and channel.
-
-    Computed with the format's own decode (``(t[q] − round(z)) · s``, float32), so a lookup
-    returns exactly what :func:`bitfold.ir.ops.unpack_codebook_weight` computes.
-    """
-    f = formats.get(weight.fmt)
-    n, k = weight.out_features, weight.in_features
-    id_bits = cluster_id_bits(weight.clusters)
-    combined = torch.arange(2 ** (f.bits + id_bits))
-    codes, ids = combined % 2**f.bits, (combined // 2**f.bits).clamp(max=weight.clusters - 1)
-    groups = 1 if weight.group_size is None else -(-k // weight.group_size)
-    scale = weight.scale.float().reshape(weight.clusters, n, groups)
-    zero = None if weight.zero_point is None else weight.zero_point.float().reshape(weight.clusters, n, groups)
-    # [groups, combined, n]: cluster ids above clusters - 1 never occur; they repeat the last cluster.
-    s = scale[ids].permute(2, 0, 1)
-    z = None if zero is None else zero[ids].permute(2, 0, 1)
-    table = f.decode(codes[None, :, None].expand_as(s).to(torch.int32), s, zero_point=z)
-    return table.contiguous().numpy().astype(np.float32)
-
-
 def _emit_compressed_weight(em, node: BitfoldNode, ctx: LoweringContext, weight: CodebookWeight):
     f = formats.get(weight.fmt)
-    bits = f.bits + cluster_id_bits(weight.clusters)
+    bits = weight.combined_bits
     if bits > MAX_COMBINED_BITS:
         raise ctx.fail(node, f"a {f.bits}-bit code and a {bits - f.bits}-bit cluster id need {bits} bits; "
                              f"compressed export stores at most {MAX_COMBINED_BITS} (export with mode='simulate')")
     container = TensorProto.UINT4 if bits <= 4 else TensorProto.UINT8
-    combined_kn = combined_codes(weight).T.copy()
-    tables = value_tables(weight)
+    combined_kn = weight.combined_codes().T.numpy().copy()
+    tables = weight.value_tables().numpy()
     groups, rows, n = tables.shape
     k = weight.in_features
     stored = numpy_helper.from_array(combined_kn.astype(ml_dtypes.uint4 if container == TensorProto.UINT4 else np.uint8))
