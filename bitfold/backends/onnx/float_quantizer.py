@@ -7,9 +7,10 @@
     q = round_half_even(a · 2^(M-p)) · 2^(p-M)
     Q(x) = copysign(q, y) · s
 
-ONNX has no exponent extraction below opset 26 (``BitCast``), so ``p`` is found with
-``floor(log(a) / ln 2)`` — wrong by at most one near powers of two — and then corrected
-exactly by comparing ``a`` with the two powers of two around the estimate::
+ONNX has no exponent extraction below opset 26 (``BitCast``), so ``p`` is estimated as
+``floor(log(a) / ln 2)`` — which a runtime whose ``Log`` is not correctly rounded can get
+wrong by one next to a power of two (ONNX Runtime's CPU ``Log`` was exact in the tests) —
+and then made exact by comparing ``a`` with the two powers of two around the estimate::
 
     j  = clip(floor(log(a) · 1/ln2), pmin, pmax) - pmin      (binade index, 0 ≤ j < L)
     j += [a ≥ UPPER[j]] - [a < LOWER[j]]                       (UPPER[j] = 2^(pmin+j+1), LOWER[j] = 2^(pmin+j))

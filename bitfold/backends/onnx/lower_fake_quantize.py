@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from bitfold.backends.onnx.lowering import BitfoldNode, LoweringContext
-from bitfold.backends.onnx.native_qdq import native_type
 from bitfold.backends.onnx.quantize_points import QuantizePoint, emit_quantizer
 from bitfold.backends.onnx.registry import register_lowering
 from bitfold.ir import formats
@@ -39,8 +38,8 @@ def lower_fake_quantize(node: BitfoldNode, ctx: LoweringContext) -> None:
     em = ctx.emitter(node)
     x = node.input(_X)
     y = emit_quantizer(em, ctx.library, x, qp, ctx.shape(x), f"{node.op} node {node.name!r}")
-    kind = "QuantizeLinear/DequantizeLinear" if em.nodes and em.nodes[-1].op_type == "DequantizeLinear" \
-        and native_type(fmt) is not None else "local function"
+    kind = "QuantizeLinear/DequantizeLinear" if any(n.op_type == "QuantizeLinear" for n in em.nodes) \
+        else "local function"
     ctx.record(node, op="fake_quantize", format=fmt.name, lowering=kind,
                scale=float(scale) if scale is not None and scale.size == 1 else None)
     ctx.finish(node, em, y)

@@ -43,6 +43,17 @@ def test_per_tensor_quantizer_is_exact(name):
                                f"onnx={got.ravel()[mismatch[:3]]} torch={want.ravel()[mismatch[:3]]}"
 
 
+@pytest.mark.parametrize("name", ["e2m1", "e3m0", "e1m2", "e4m3", "e5m2", "fp8_e4m3", "e3m4"])
+def test_float_quantizer_is_exact_at_binade_edges(name):
+    """Powers of two and their float32 neighbours, at a power-of-two scale so they reach the grid exactly."""
+    fmt = formats.get(name)
+    p = np.ldexp(np.float32(1), np.arange(-30, 20)).astype(np.float32)
+    x = np.concatenate([p, np.nextafter(p, np.float32(0)), np.nextafter(p, np.float32(np.inf)), -p]) * np.float32(0.125)
+    x = x.astype(np.float32).reshape(1, -1)
+    want = fmt.quantize(torch.from_numpy(x), torch.tensor(0.125)).numpy()
+    assert np.array_equal(onnx_quantize(QuantizePoint(fmt, np.float32(0.125)), x), want)
+
+
 @pytest.mark.parametrize("name", ["int8", "uint8", "int4", "uint4", "uint3", "int6"])
 def test_zero_point_quantizer_is_exact(name):
     fmt = formats.get(name)
