@@ -41,6 +41,7 @@ from torch import nn
 import bitfold
 from bitfold import zoo
 from bitfold.ir import formats, ops
+from bitfold.passes.split_layers import cluster_masks, split_tensor
 from bitfold.recipes import Recipe, SplitSpec, load_recipe
 
 DEFAULT_VARIANTS = (
@@ -192,47 +193,51 @@ def _best_of(fn: Callable[[], Any], repeat: int) -> float:
     return min(times)
 
 
+def _minmax(w: torch.Tensor, fmt: str) -> Tuple[ops.PackedWeight, torch.Tensor]:
+    """Asymmetric per-row min/max (range incl. 0), as the w*a16-int recipes choose it."""
+    f = formats.get(fmt)
+    lo, hi = w.amin(1).clamp(max=0), w.amax(1).clamp(min=0)
+    s = ((hi - lo) / f.qmax).clamp_min(1e-12)
+    z = torch.round(-lo / s).clamp(0, f.qmax)
+    return ops.pack_weight(w, fmt, s, zero_point=z), z
+
+
+def _split_layer(n: int, kdim: int, k: int, fmt: str):
+    """A random ``[n, kdim]`` weight split by exact per-channel k-means: its k quantized parts
+    (SplitQuant's dense form), its codebook form, and the unsplit weight."""
+    torch.manual_seed(0)
+    w = torch.randn(n, kdim) * 0.02
+    ids = cluster_masks(w, k, per_channel=True)
+    parts = [_minmax(p, fmt) for p in split_tensor(w, ids, k)]
+    f = formats.get(fmt)
+    codes = torch.stack([f.encode(p.unpack(), p.scale, axis=0, zero_point=z) for p, z in parts])
+    cw = ops.codebook_from_codes(codes.gather(0, ids[None])[0], ids, fmt, torch.stack([p.scale for p, _ in parts]),
+                                 zero_point=torch.stack([z for _, z in parts]))
+    return parts, cw, w
+
+
 def measure_speed(shapes: List[Tuple[int, int]], batches: List[int], bits: int = 2, k: int = 3,
                   repeat: int = 5) -> List[Dict[str, Any]]:
     """Microseconds per call: codebook_linear vs k quantized_linear parts vs plain INT(b) and INT(b+2)."""
     fmt = f"uint{bits}"
-    f = formats.get(fmt)
     rows = []
     for n, kdim in shapes:
-        torch.manual_seed(0)
-        w = torch.randn(n, kdim) * 0.02
-        ids = torch.bucketize(w, torch.quantile(w, torch.tensor([1 / k * i for i in range(1, k)])))
-        part_args, codes, scales, zeros = [], [], [], []
-        for c in range(k):
-            part = torch.where(ids == c, w, torch.zeros(()))
-            lo, hi = part.amin(1).clamp(max=0), part.amax(1).clamp(min=0)
-            s = ((hi - lo) / f.qmax).clamp_min(1e-12)
-            z = torch.round(-lo / s).clamp(0, f.qmax)
-            pw = ops.pack_weight(part, fmt, s, zero_point=z)
-            part_args.append((pw.packed, fmt, n, kdim, pw.scale, None, z, None, None))
-            codes.append(f.encode(part, s, axis=0, zero_point=z))
-            scales.append(s)
-            zeros.append(z)
-        cw = ops.codebook_from_codes(torch.stack(codes).gather(0, ids[None])[0], ids, fmt, torch.stack(scales),
-                                     zero_point=torch.stack(zeros))
+        parts, cw, w = _split_layer(n, kdim, k, fmt)
+        part_args = [(p.packed, fmt, n, kdim, p.scale, None, z, None, None) for p, z in parts]
         plain = {}
         for b in (bits, bits + 2):
-            g = formats.get(f"uint{b}")
-            lo, hi = w.amin(1), w.amax(1)
-            s = (hi - lo) / g.qmax
-            z = torch.round(-lo / s)
-            pw = ops.pack_weight(w, g.name, s, zero_point=z)
-            plain[b] = (pw.packed, g.name, n, kdim, pw.scale, None, z, None, None)
+            pw, z = _minmax(w, f"uint{b}")
+            plain[b] = (pw.packed, pw.fmt, n, kdim, pw.scale, None, z, None, None)
         for m in batches:
             x = torch.randn(m, kdim)
             codebook = _best_of(lambda: torch.ops.bitfold.codebook_linear(
                 x, cw.packed_codes, cw.packed_ids, fmt, n, kdim, k, cw.scale, None, cw.zero_point, None, None), repeat)
-            parts = _best_of(lambda: sum(torch.ops.bitfold.quantized_linear(x, *a) for a in part_args), repeat)
+            parts_s = _best_of(lambda: sum(torch.ops.bitfold.quantized_linear(x, *a) for a in part_args), repeat)
             row = {"shape": [n, kdim], "batch": m, "codebook_us": round(codebook * 1e6),
-                   f"{k}_parts_us": round(parts * 1e6)}
+                   f"{k}_parts_us": round(parts_s * 1e6)}
             for b, a in plain.items():
                 row[f"int{b}_us"] = round(_best_of(lambda: torch.ops.bitfold.quantized_linear(x, *a), repeat) * 1e6)
-            row["parts_over_codebook"] = round(parts / codebook, 2)
+            row["parts_over_codebook"] = round(parts_s / codebook, 2)
             rows.append(row)
             print("  " + "  ".join(f"{key} {v}" for key, v in row.items()), flush=True)
     return rows
@@ -260,47 +265,28 @@ def measure_tvm_speed(shapes: List[Tuple[int, int]], batches: List[int], k: int 
     target = host_cpu_target()
     rows = []
     for n, kdim in shapes:
-        torch.manual_seed(0)
-        w = torch.randn(n, kdim) * 0.02
-        ids = torch.bucketize(w, torch.quantile(w, torch.tensor([i / k for i in range(1, k)])))
-        f = formats.get("uint2")
-        parts, codes, scales, zeros = [], [], [], []
-        for c in range(k):
-            part = torch.where(ids == c, w, torch.zeros(()))
-            lo, hi = part.amin(1).clamp(max=0), part.amax(1).clamp(min=0)
-            s = ((hi - lo) / f.qmax).clamp_min(1e-12)
-            z = torch.round(-lo / s).clamp(0, f.qmax)
-            parts.append((ops.pack_weight(part, "uint2", s, zero_point=z), z))
-            codes.append(f.encode(part, s, axis=0, zero_point=z))
-            scales.append(s)
-            zeros.append(z)
-        cw = ops.codebook_from_codes(torch.stack(codes).gather(0, ids[None])[0], ids, "uint2", torch.stack(scales),
-                                     zero_point=torch.stack(zeros))
+        parts, cw, w = _split_layer(n, kdim, k, "uint2")
         cb_spec = codebook_spec(cw, False, False)
-        cb_lib, cb_name, cb_arrays = compile_codebook_kernel(cb_spec, target), cb_spec.name(None), \
-            codebook_kernel_inputs(cb_spec, cw)
-        dense = {}
+        cb_lib, cb_arrays = compile_codebook_kernel(cb_spec, target), codebook_kernel_inputs(cb_spec, cw)
+        kernels = {}
         for bits in (2, 4):
             spec = LinearKernelSpec(f"uint{bits}", n, kdim, None, True, False, False)
             func = build_linear_kernel(spec, target)
-            dense[bits] = (spec, tvm.compile(func, target=target), str(func.attrs["global_symbol"]))
+            kernels[bits] = (spec, tvm.compile(func, target=target), str(func.attrs["global_symbol"]))
+        dense = {bits: [kernel_inputs_from_tensors(kernels[bits][0], pw.packed, pw.scale, z, None, None)
+                        for pw, z in ([_minmax(w, f"uint{bits}")] if bits == 4 else parts + [_minmax(w, "uint2")])]
+                 for bits in kernels}
         for m in batches:
             x = np.random.default_rng(0).standard_normal((m, kdim)).astype(np.float32)
             y = np.zeros((m, n), np.float32)
             row = {"shape": [n, kdim], "batch": m,
-                   "codebook_us": round(_tvm_seconds(cb_lib, cb_name, [x, *cb_arrays, y], repeat) * 1e6, 1)}
-            spec2, lib2, name2 = dense[2]
-            part_seconds = sum(_tvm_seconds(lib2, name2, [x, *kernel_inputs_from_tensors(
-                spec2, pw.packed, pw.scale, z, None, None), y], repeat) for pw, z in parts)
-            row[f"{k}_int2_parts_us"] = round(part_seconds * 1e6, 1)
-            for bits, (spec, lib, name) in dense.items():
-                g = formats.get(f"uint{bits}")
-                lo, hi = w.amin(1), w.amax(1)
-                s = (hi - lo) / g.qmax
-                z = torch.round(-lo / s)
-                pw = ops.pack_weight(w, g.name, s, zero_point=z)
-                arrays = kernel_inputs_from_tensors(spec, pw.packed, pw.scale, z, None, None)
-                row[f"int{bits}_us"] = round(_tvm_seconds(lib, name, [x, *arrays, y], repeat) * 1e6, 1)
+                   "codebook_us": round(_tvm_seconds(cb_lib, cb_spec.name(None), [x, *cb_arrays, y], repeat) * 1e6, 1)}
+            _, lib2, name2 = kernels[2]
+            row[f"{k}_int2_parts_us"] = round(sum(
+                _tvm_seconds(lib2, name2, [x, *arrays, y], repeat) for arrays in dense[2][:k]) * 1e6, 1)
+            row["int2_us"] = round(_tvm_seconds(lib2, name2, [x, *dense[2][k], y], repeat) * 1e6, 1)
+            _, lib4, name4 = kernels[4]
+            row["int4_us"] = round(_tvm_seconds(lib4, name4, [x, *dense[4][0], y], repeat) * 1e6, 1)
             row["parts_over_codebook"] = round(row[f"{k}_int2_parts_us"] / row["codebook_us"], 2)
             rows.append(row)
             print("  " + "  ".join(f"{key} {v}" for key, v in row.items()), flush=True)
