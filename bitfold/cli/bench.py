@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict
 
 from bitfold.cli.errors import CLIError
+from bitfold.cli.parsing import add_command
 from bitfold.cli.tables import format_table
 
 EXAMPLES = """\
@@ -34,10 +35,7 @@ def default_folder() -> Path:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "bench", help="run the speed/accuracy benchmarks", description=__doc__.split(":", 1)[1].strip(),
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "bench", "run the speed/accuracy benchmarks", __doc__, EXAMPLES)
     p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and what each measures")
     p.add_argument("--args", default="", metavar="ARGS", help="arguments passed to each benchmark script")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from bitfold.cli.parsing import add_command
+
 EXAMPLES = """\
 examples:
   bitfold compile /tmp/q --target llvm -o /tmp/q-llvm
@@ -19,14 +21,13 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "compile", help="compile a quantized model with TVM for a CPU or GPU target",
-        description=__doc__.split("\n\n", 1)[1].strip(), epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "compile", "compile a quantized model with TVM for a CPU or GPU target",
+                    __doc__, EXAMPLES)
     p.add_argument("directory", metavar="OUT_DIR", help="an OUT_DIR of `bitfold quantize`")
-    p.add_argument("-t", "--target", default="llvm", help='a TVM target: "llvm" (default), "llvm -mcpu=native", "cuda"')
-    p.add_argument("-o", "--output", required=True, metavar="COMPILED", help="the folder to write the compiled model to")
+    p.add_argument("-t", "--target", default="llvm",
+                   help='a TVM target: "llvm" (default), "llvm -mcpu=native", "cuda"')
+    p.add_argument("-o", "--output", required=True, metavar="COMPILED",
+                   help="the folder to write the compiled model to (model.so, params.bin, model.json)")
     p.add_argument("--overwrite", action="store_true", help="replace COMPILED if it exists")
     p.add_argument("--no-check", action="store_true", help="do not compare with the PyTorch simulation")
     p.set_defaults(run=run)

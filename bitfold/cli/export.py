@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from bitfold.cli.parsing import add_command
+
 EXAMPLES = """\
 examples:
   bitfold export /tmp/q --onnx /tmp/q.onnx
@@ -19,10 +21,7 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="export a quantized model to ONNX", description=__doc__.split("\n\n", 1)[1].strip(),
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "export", "export a quantized model to ONNX", __doc__, EXAMPLES)
     p.add_argument("directory", metavar="OUT_DIR", help="an OUT_DIR of `bitfold quantize`")
     p.add_argument("--onnx", required=True, metavar="model.onnx", help="the ONNX file to write")
     p.add_argument("--mode", choices=("simulate", "compressed"), default="simulate",

@@ -16,6 +16,7 @@ from typing import List
 from bitfold.cli.data import DATA_HELP, load_data
 from bitfold.cli.errors import CLIError
 from bitfold.cli.models import MODEL_HELP, resolve_model
+from bitfold.cli.parsing import add_command
 from bitfold.cli.tables import format_table
 
 EXAMPLES = """\
@@ -29,11 +30,8 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "inspect", help="show a model's layers, what stays float and why, or a quantized model's choices",
-        description=__doc__.split("\n\n", 1)[1].strip(), epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "inspect", "show a model's layers, what stays float and why, or a quantized model's choices",
+                    __doc__, EXAMPLES)
     p.add_argument("target", metavar="MODEL_OR_DIR", help=f"{MODEL_HELP}; or an OUT_DIR of `bitfold quantize`")
     p.add_argument("-r", "--recipe", metavar="NAME|FILE.yaml", help="also show which linears this recipe quantizes")
     p.add_argument("-c", "--calib", metavar="DATA",

@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from bitfold.cli.data import DATA_HELP, add_data_options, data_from_args
 from bitfold.cli.artifact import save_example
+from bitfold.cli.data import DATA_HELP, add_data_options, data_from_args
 from bitfold.cli.errors import CLIError, one_line, user_error_types
 from bitfold.cli.models import MODEL_HELP, resolve_model
+from bitfold.cli.parsing import add_command
 from bitfold.cli.tables import fmt_db, format_mix, format_table, human_bytes, weight_bytes
 
 EXAMPLES = """\
@@ -34,11 +35,8 @@ file (np.savez(f, input_ids=..., attention_mask=...) for several inputs, in the 
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "quantize", help="quantize a model with a recipe and save the artifact",
-        description=__doc__.split("\n\n", 1)[1].strip(), epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "quantize", "quantize a model with a recipe and save the artifact",
+                    __doc__, EXAMPLES)
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("-r", "--recipe", required=True, metavar="NAME|FILE.yaml",
                    help="a named recipe (see `bitfold recipes`) or a recipe YAML file")

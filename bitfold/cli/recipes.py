@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bitfold.cli.parsing import add_command
 from bitfold.cli.tables import format_table
 
 EXAMPLES = """\
@@ -15,10 +16,7 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "recipes", help="list the named recipes", description=__doc__.split(":", 1)[1].strip(), epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "recipes", "list the named recipes", __doc__, EXAMPLES)
     p.add_argument("name", nargs="?", metavar="NAME", help="show this recipe's YAML")
     p.set_defaults(run=run)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from bitfold.cli.data import DATA_HELP, add_data_options, data_from_args
 from bitfold.cli.errors import CLIError
 from bitfold.cli.models import MODEL_HELP, resolve_model
+from bitfold.cli.parsing import add_command
 
 EXAMPLES = """\
 examples:
@@ -32,11 +33,7 @@ accuracy.json: {"metric": "top-1 agreement with fp32", "results": {"w4a4-fp": 0.
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help="write the per-layer HTML report of a quantized model",
-        description=__doc__.split("\n\n", 1)[1].strip(), epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "report", "write the per-layer HTML report of a quantized model", __doc__, EXAMPLES)
     p.add_argument("directory", metavar="OUT_DIR", help="an OUT_DIR of `bitfold quantize`")
     p.add_argument("-o", "--output", required=True, metavar="report.html", help="the HTML file to write")
     p.add_argument("--compare", nargs="+", default=[], metavar="OUT_DIR",
