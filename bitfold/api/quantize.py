@@ -51,7 +51,9 @@ def _capture_dynamic(model: torch.nn.Module, example: Tuple[Any, ...], data: Seq
         return from_torch(model, example, dynamic_shapes=_dynamic_shapes(example, data, batch=False))
 
 
-def _split(gm: torch.fx.GraphModule, spec: SplitSpec, layers: Sequence[torch.fx.Node], example: Tuple[Any, ...]):
+def _split(
+    gm: torch.fx.GraphModule, spec: SplitSpec, layers: Sequence[torch.fx.Node], example: Tuple[Any, ...]
+) -> None:
     """SplitQuant: split the chosen layers of the kinds ``spec`` names (verified on ``example``)."""
     names = [n.name for n in layers if "linear" in spec.layers and not any(
         fnmatch.fnmatch(name, p) for p in spec.exclude for name in (n.name, str(n.args[1].target)))]
