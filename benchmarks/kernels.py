@@ -113,7 +113,8 @@ def quantize_int(w, fmt: str, group: int) -> Quantized:
 
     f = formats.get(fmt)
     n, k = w.shape
-    blocks = w.view(n, k // group, group)
+    groups = -(-k // group)
+    blocks = torch.nn.functional.pad(w, (0, groups * group - k)).view(n, groups, group)  # zeros: a ragged last group
     lo, hi = blocks.amin(-1).clamp(max=0), blocks.amax(-1).clamp(min=0)
     scale = ((hi - lo) / f.qmax).clamp(min=1e-12)
     zero = torch.round(-lo / scale).clamp(0, f.qmax)

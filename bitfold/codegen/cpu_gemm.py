@@ -9,7 +9,7 @@ and then a register-blocked micro-kernel adds ``x̃[m, slot] · B[slot, :]`` for
 4 rows × 16 channels (8 accumulator vectors, 2 B loads and 4 broadcasts per 8 FMAs; the
 rows left over after the 4-row blocks go one at a time). Partial sums live in a
 ``C[M, N]`` workspace between chunks; ``x̃ = x · 2^-shift`` in slot order, zero in padding
-slots, is prepared once per call. Tiles run in parallel.
+slots, is prepared once per call. Tiles run in parallel (see :func:`~bitfold.codegen.cpu_gemv.tile_loop`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tvm.script.ir_builder import tirx as T
 
 from bitfold.codegen import vector as V
 from bitfold.codegen.cpu_decode import WordDecoder
-from bitfold.codegen.cpu_gemv import VECTORS, prepare_row, store_tile
+from bitfold.codegen.cpu_gemv import VECTORS, prepare_row, store_tile, tile_loop
 from bitfold.codegen.kernel_args import KernelArgs
 from bitfold.codegen.layout import TILE
 
@@ -88,7 +88,7 @@ def emit_gemm(a: KernelArgs, avx2: bool) -> None:
         prepare_row(a, row, [1.0] * c, xs, None, lead=(row,))
     chunk_words = max(1, CHUNK_SLOTS // c)
     full, tail = divmod(L.words, chunk_words)
-    with T.parallel(L.tiles) as tile:
+    with tile_loop(a) as tile:
         decoder.prepare()
         b = T.alloc_buffer((chunk_words * c, TILE), "float32", scope="local")
         with T.serial(m) as row:

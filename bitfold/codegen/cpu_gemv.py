@@ -12,7 +12,7 @@ level-offset correction, and ``u · 2^pos`` comes from
 between even and odd codes, so eight FMA chains are in flight. (Variants measured and
 dropped: one or two vectors per pass with more accumulator sets — more x broadcasts and
 spills, 1.2–2.5× slower for the table decodes.) Tiles run in
-parallel over the thread pool.
+parallel over the thread pool (serially for small layers, see :func:`tile_loop`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ VECTORS = TILE // V.LANES
 #: Accumulators per channel vector (split by code index) so that 4 × 2 = 8 FMA chains, FMA
 #: latency (4) × FMA ports (2), are in flight. More sets spill registers in the table decodes.
 ACCUMULATOR_SETS = 2
+#: Smallest layer (N·K weights) whose tiles are spread over threads.
+PARALLEL_MIN_WEIGHTS = 2**19
+
+
+def tile_loop(a: KernelArgs):
+    """The loop over channel tiles: parallel over the thread pool, or serial for layers below
+    ``PARALLEL_MIN_WEIGHTS`` weights, where waking the pool's threads (tens of µs, more on a
+    busy machine) costs more than the layer itself."""
+    tiles = a.layout.tiles
+    if a.spec.out_features * a.spec.in_features < PARALLEL_MIN_WEIGHTS:
+        return T.serial(tiles)
+    return T.parallel(tiles)
 
 
 def prepare_row(a: KernelArgs, row, prescales, xs: tir.Buffer, xg, lead=()) -> None:
@@ -113,7 +125,7 @@ def emit_gemv(a: KernelArgs, avx2: bool) -> None:
     xs = T.alloc_buffer((L.slots,), "float32")
     xg = T.alloc_buffer((L.groups,), "float32") if a.zero_points is not None else None
     prepare_row(a, 0, prescales, xs, xg)
-    with T.parallel(L.tiles) as tile:
+    with tile_loop(a) as tile:
         decoder.prepare()
         total = T.alloc_buffer((TILE,), "float32", scope="local")
         for r in range(VECTORS):

@@ -27,7 +27,7 @@ from tvm import tirx as tir
 from tvm.script.ir_builder import tirx as T
 
 from bitfold.codegen import vector as V
-from bitfold.codegen.cpu_gemv import VECTORS, store_tile
+from bitfold.codegen.cpu_gemv import VECTORS, store_tile, tile_loop
 from bitfold.codegen.inputs import INT8_BLOCK
 from bitfold.codegen.kernel_args import KernelArgs
 from bitfold.codegen.layout import TILE
@@ -108,7 +108,7 @@ def emit_int8(a: KernelArgs) -> None:
     mask = 2**L.bits - 1
     byte_mask = mask * 0x01010101
     terms = _terms_before_widening(a)
-    with T.parallel(L.tiles) as tile:
+    with tile_loop(a) as tile:
         table = T.bind(V.load(a.table, 0, lanes=32)) if a.plan.kind == "byte_table" else None
         ones = T.bind(V.const(1, "int16", lanes=16))
         with T.serial(a.m) as row:
