@@ -17,7 +17,11 @@ def __getattr__(name: str):
         from bitfold.backends.onnx import export_onnx
 
         return export_onnx
+    if name == "compile":
+        from bitfold.backends.tvm import compile
+
+        return compile
     raise AttributeError(f"module 'bitfold' has no attribute {name!r}")
 
 
-__all__ = ["QuantizedModel", "export_onnx", "quantize", "__version__"]
+__all__ = ["QuantizedModel", "compile", "export_onnx", "quantize", "__version__"]

@@ -67,5 +67,17 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
-    """Compile a Relax module (with ``main``) for ``target``."""
+    """Compile a Relax module (with ``main``) for ``target``.
+
+    For CUDA, TVM 0.27 stores the generated CUDA C in the library and compiles it when the
+    module is first loaded on a GPU (see :mod:`.compiled_model`); :func:`cuda_source` gets it.
+    """
     return tvm.compile(mod, target, relax_pipeline=relax_pipeline(target))
+
+
+def cuda_source(executable: tvm.runtime.Executable) -> str:
+    """The CUDA C of every kernel in a module built for a CUDA target."""
+    modules = executable.mod._collect_from_import_tree(lambda m: m.kind == "cuda")
+    if not modules:
+        raise ValueError("the executable holds no CUDA module (was it built for a CUDA target?)")
+    return "\n".join(m.inspect_source("") for m in modules)

@@ -18,7 +18,9 @@ A process that has only TVM loads it like this (no torch, no bitfold)::
     params = tvm.runtime.load_param_dict_from_file(f"{d}/params.bin")
     out = vm["main"](*inputs, *[params[f"p{i}"] for i in range(meta["num_params"])])
 
-:meth:`CompiledModel.load` does the same and wraps the result.
+For a CUDA export, add ``import tvm.support.nvcc`` (TVM compiles the embedded CUDA C when the
+module first loads; see :func:`prepare_cuda_runtime`) and run on ``tvm.cuda()``.
+:meth:`CompiledModel.load` does all of this and wraps the result.
 """
 
 from __future__ import annotations
@@ -35,14 +37,18 @@ import tvm
 from tvm import relax
 
 from bitfold.backends.tvm.signature import InputSpec
-from bitfold.backends.tvm.target import device_for, resolve_target
+from bitfold.backends.tvm.target import device_for, is_gpu, resolve_target
 
 LIBRARY, PARAMS, SIGNATURE = "model.so", "params.bin", "model.json"
 FORMAT_VERSION = 1
 
 
 class CompiledModel:
-    """A TVM-compiled graph bound to a device, with its weights loaded."""
+    """A TVM-compiled graph and its weights.
+
+    The device (and the Relax VM on it) is only touched when the model first runs, so a
+    model cross-compiled for CUDA on a machine without a GPU can still be exported.
+    """
 
     def __init__(
         self,
@@ -59,12 +65,29 @@ class CompiledModel:
         self.output_count = output_count
         self.param_names = list(param_names) if param_names is not None else [f"p{i}" for i in range(len(params))]
         self.device = device_for(target)
-        self.vm = relax.VirtualMachine(executable, self.device)
-        self.params = [p if isinstance(p, tvm.runtime.Tensor) else tvm.runtime.tensor(p, self.device) for p in params]
+        self._host_params = list(params)
+        self._vm: Optional[relax.VirtualMachine] = None
+        self._device_params: Optional[List[tvm.runtime.Tensor]] = None
 
     def __repr__(self) -> str:
         sig = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.inputs)
-        return f"<CompiledModel for {self.target.kind.name} ({sig}), {len(self.params)} params>"
+        return f"<CompiledModel for {self.target.kind.name} ({sig}), {len(self._host_params)} params>"
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        """The Relax VM on :attr:`device` (created on first use)."""
+        if self._vm is None:
+            if is_gpu(self.target):
+                prepare_cuda_runtime()
+            self._vm = relax.VirtualMachine(self.executable, self.device)
+        return self._vm
+
+    @property
+    def params(self) -> List[tvm.runtime.Tensor]:
+        """The weights on :attr:`device`, in the order ``main`` takes them (uploaded on first use)."""
+        if self._device_params is None:
+            self._device_params = [_on_device(p, self.device) for p in self._host_params]
+        return self._device_params
 
     # ------------------------------------------------------------------ running
 
@@ -111,9 +134,9 @@ class CompiledModel:
         return {
             "format": "bitfold-tvm",
             "version": FORMAT_VERSION,
-            "target": json.loads(json.dumps(dict(self.target.export()), default=str)),
+            "target": _plain(self.target.export()),
             "inputs": [s.describe() for s in self.inputs],
-            "num_params": len(self.params),
+            "num_params": len(self._host_params),
             "param_sources": self.param_names,
             "outputs": self.output_count,
         }
@@ -127,7 +150,8 @@ class CompiledModel:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
         try:
             self.executable.export_library(str(tmp / LIBRARY))
-            tvm.runtime.save_param_dict_to_file({f"p{i}": p for i, p in enumerate(self.params)}, str(tmp / PARAMS))
+            host = {f"p{i}": _on_device(p, tvm.cpu(0)) for i, p in enumerate(self._host_params)}
+            tvm.runtime.save_param_dict_to_file(host, str(tmp / PARAMS))
             (tmp / SIGNATURE).write_text(json.dumps(self.signature(), indent=2) + "\n")
             if directory.exists():
                 shutil.rmtree(directory)
@@ -153,6 +177,39 @@ class CompiledModel:
         params = [table[f"p{i}"] for i in range(meta["num_params"])]
         inputs = [InputSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in meta["inputs"]]
         return cls(library, target, inputs, params, meta["outputs"], meta.get("param_sources"))
+
+
+def prepare_cuda_runtime() -> None:
+    """Let this process load bitfold's CUDA kernels, and compile them without fast math.
+
+    TVM 0.27 keeps the kernels as CUDA C and compiles them when they are first loaded, through
+    the ``tvm_callback_cuda_compile`` hook that :mod:`tvm.support.nvcc` registers (nvcc with
+    ``TVM_CUDA_COMPILE_MODE=nvcc``, else NVRTC). Its nvcc default ``--use_fast_math`` makes
+    ``x / s`` approximate and flushes subnormals, which breaks fake-quantize's exactness, so
+    ``TVM_CUDA_NVCC_NO_FAST_MATH`` is set unless the user chose otherwise. A process with
+    only TVM does the same by hand (see the module docstring).
+    """
+    import tvm.support.nvcc  # noqa: F401  (registers the compile hook)
+
+    os.environ.setdefault("TVM_CUDA_NVCC_NO_FAST_MATH", "1")
+
+
+def _plain(value: Any) -> Any:
+    """TVM containers (``Map``, ``Array``) → JSON-ready dicts and lists."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value]
+
+
+def _on_device(value: Any, device: "tvm.runtime.Device") -> tvm.runtime.Tensor:
+    """A numpy array or TVM tensor as a TVM tensor on ``device`` (copied only if needed)."""
+    if isinstance(value, tvm.runtime.Tensor):
+        if value.device == device:
+            return value
+        return value.copyto(device)
+    return tvm.runtime.tensor(np.ascontiguousarray(value), device)
 
 
 def _is_torch(value: Any) -> bool:

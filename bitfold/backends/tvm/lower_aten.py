@@ -3,10 +3,11 @@
 * ``sym_size.int``: the size as a TIR expression (dynamic) or a Python int (static), so that
   shape arguments such as ``view(x, [1, s, -1, 32])`` stay symbolic;
 * ``to.device``: a dtype cast when one is given (bitfold compiles for one device);
-* ``where.ScalarOther``: ``where(cond, x, scalar)``;
+* ``where.ScalarOther`` / ``where.ScalarSelf`` / ``where.Scalar``: ``where`` with Python numbers;
 * ``slice.Tensor``: with a symbolic bound the slice is taken as in range (``0 <= end <= size``):
   ``torch.export`` only leaves a size symbolic in a slice bound when the traced program
   indexed within it, and TVM would otherwise give the result an unknown shape;
+* ``rsub.Scalar``: ``other - alpha · x`` (TVM's converter gives the number an int dtype);
 * ``rms_norm.default``: ``x · rsqrt(mean(x², axes) + eps) · weight``, eps defaulting to the
   dtype's machine epsilon as in PyTorch;
 * ``linear.default``: a dense product with the weight transposed at import time
@@ -53,10 +54,19 @@ def converters(imp: "GraphImporter") -> Dict[str, "Converter"]:
             return x
         return imp.emit(relax.op.astype(x, imp._convert_data_type(dtype)))
 
-    def where_scalar_other(node: fx.Node) -> relax.Expr:
-        cond, x = imp.env[node.args[0]], imp.env[node.args[1]]
-        other = relax.const(node.args[2], dtype_of(x))
-        return imp.emit(relax.op.where(cond, x, other))
+    def where_with_scalars(node: fx.Node) -> relax.Expr:
+        """``where(cond, a, b)`` where ``a`` and/or ``b`` is a Python number."""
+        cond = imp.env[node.args[0]]
+        tensors = [imp.env[a] for a in node.args[1:3] if isinstance(a, fx.Node)]
+        recorded = node.meta.get("val")
+        if tensors:
+            dtype = dtype_of(tensors[0])
+        elif recorded is not None:
+            dtype = imp._convert_data_type(recorded.dtype)
+        else:
+            dtype = "float32"
+        a, b = (imp.env[v] if isinstance(v, fx.Node) else relax.const(v, dtype) for v in node.args[1:3])
+        return imp.emit(relax.op.where(cond, a, b))
 
     def slice_tensor(node: fx.Node) -> relax.Expr:
         x = imp.env[node.args[0]]
@@ -72,6 +82,14 @@ def converters(imp: "GraphImporter") -> Dict[str, "Converter"]:
         if isinstance(start, int) and start == 0 and step == 1 and (end is size or end == static):
             return x
         return imp.emit(relax.op.strided_slice(x, [axis], [start], [end], [step], assume_inbound=True))
+
+    def rsub_scalar(node: fx.Node) -> relax.Expr:
+        """``other - alpha · x`` with the Python number ``other`` in ``x``'s dtype."""
+        x = imp.env[node.args[0]]
+        other = node.args[1]
+        alpha = node.args[2] if len(node.args) > 2 else node.kwargs.get("alpha", 1)
+        scaled = x if alpha == 1 else imp.emit(relax.op.multiply(x, relax.const(alpha, dtype_of(x))))
+        return imp.emit(relax.op.subtract(relax.const(other, dtype_of(x)), scaled))
 
     def rms_norm(node: fx.Node) -> relax.Expr:
         x = imp.env[node.args[0]]
@@ -91,8 +109,11 @@ def converters(imp: "GraphImporter") -> Dict[str, "Converter"]:
     return {
         "sym_size.int": sym_size,
         "to.device": to_device,
-        "where.ScalarOther": where_scalar_other,
+        "where.ScalarOther": where_with_scalars,
+        "where.ScalarSelf": where_with_scalars,
+        "where.Scalar": where_with_scalars,
         "slice.Tensor": slice_tensor,
         "rms_norm.default": rms_norm,
+        "rsub.Scalar": rsub_scalar,
         "linear.default": linear,
     }

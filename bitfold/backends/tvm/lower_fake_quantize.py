@@ -90,18 +90,29 @@ def round_int(fmt: IntFormat, y: PrimExpr, zero_point: Optional[PrimExpr]) -> Pr
     return clamp(q + z, fmt.qmin, fmt.qmax) - z
 
 
-def round_codebook(grid_values: Sequence[float], grid: te.Tensor, y: PrimExpr) -> PrimExpr:
-    """Nearest level of the ascending ``grid``; a tie goes to the even index."""
-    n = len(grid_values)
-    below = _i32(0)
-    for value in grid_values:
-        below = below + tirx.Select(_f32(value) < y, _i32(1), _i32(0))
+def round_codebook(grid: te.Tensor, n: int, below: PrimExpr, y: PrimExpr) -> PrimExpr:
+    """Nearest level of the ascending ``grid``; a tie goes to the even index.
+
+    ``below`` is ``#{grid < y}`` (``torch.searchsorted(grid, y)``, side left), computed by
+    :func:`count_below` as a reduction over the levels.
+    """
     hi = tirx.min(tirx.max(below, _i32(1)), _i32(n - 1))
     lo = hi - _i32(1)
     d_lo = y - grid[lo]
     d_hi = grid[hi] - y
     take_hi = tirx.Or(d_hi < d_lo, tirx.And(d_hi == d_lo, tirx.floormod(hi, 2) == _i32(0)))
     return tirx.Select(take_hi, grid[hi], grid[lo])
+
+
+def count_below(grid: te.Tensor, n: int, shape: Sequence[Any], unit: Callable[..., PrimExpr]) -> te.Tensor:
+    """``#{grid < y}`` for every element, ``y = unit(*idx)``: a loop over the ``n`` levels.
+
+    A loop rather than ``n`` unrolled comparisons: with ``y`` inlined into each of them the
+    255 levels of ``post8`` made TVM's simplifier take over a minute per kernel.
+    """
+    r = te.reduce_axis((0, n), name="level")
+    return te.compute(shape, lambda *idx: te.sum(tirx.Select(grid[r] < unit(*idx), _i32(1), _i32(0)), axis=r),
+                      name="levels_below")
 
 
 def _is_one(dim: Any) -> bool:
@@ -240,15 +251,20 @@ def fake_quantize_te(
     read_zp = None if zero_point is None else aligned_reader(zero_point, x.shape, axis, group_size)
     grid_values = [float(v) for v in element.grid.tolist()] if isinstance(element, CodebookFormat) else None
 
+    def unit(*idx: PrimExpr) -> PrimExpr:
+        return x[idx].astype(F32) / read_scale(idx).astype(F32)
+
+    below = count_below(grid, len(grid_values), x.shape, unit) if grid_values is not None else None
+
     def body(*idx: PrimExpr) -> PrimExpr:
         s = read_scale(idx).astype(F32)
-        y = x[idx].astype(F32) / s
+        y = unit(*idx)
         if isinstance(element, IntFormat):
             q = round_int(element, y, None if read_zp is None else read_zp(idx).astype(F32))
         elif isinstance(element, FloatFormat):
             q = round_float(element, y)
         elif isinstance(element, CodebookFormat):
-            q = round_codebook(grid_values, grid, y)
+            q = round_codebook(grid, len(grid_values), below[idx], y)
         else:
             raise ValueError(f"format {fmt.name} ({type(element).__name__}) has no TVM lowering")
         return (q * s).astype(x.dtype)

@@ -71,7 +71,7 @@ def _attempt(fn, *args) -> bool:
     try:
         fn(*args)
         return True
-    except (tvm.error.TVMError, ValueError):
+    except (s_tir.ScheduleError, tvm.error.InternalError, ValueError):
         return False
 
 

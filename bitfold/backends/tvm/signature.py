@@ -10,8 +10,8 @@ comes, in this order, from
 3. the graph itself: a dimension read by ``aten.sym_size.int`` was dynamic when the model was
    captured, because only then does ``torch.export`` keep the size as a graph value. Bitfold's
    passes re-record shapes with concrete sample inputs, so for a quantized graph this is the
-   only trace left. Other inputs of the same rank whose size on that axis is equal to it share
-   the symbol (``input_ids`` and ``attention_mask`` share ``seq``).
+   only trace left. Other inputs whose size on the same axis is equal share the symbol
+   (``input_ids`` and ``attention_mask`` share ``seq``; so do ``x[b, s, d]`` and ``mask[b, s]``).
 
 A dimension that is dynamic in the graph but static here makes the compiled module accept
 only the example size; the reverse (a symbolic size where the graph baked a number in)
@@ -119,10 +119,11 @@ def infer_input_specs(
             for axis, sym in axes.items():
                 symbols[(name, int(axis) % len(shapes[name]))] = str(sym)
     else:
+        readable: Dict[str, str] = {}  # export's s0, s1… → "<first input>_dim<axis>"
         for name, shape in shapes.items():
             for axis, size in enumerate(shape):
                 if isinstance(size, torch.SymInt):
-                    symbols[(name, axis)] = str(size)
+                    symbols[(name, axis)] = readable.setdefault(str(size), f"{name}_dim{axis}")
         for name, axes in _sym_size_reads(gm, {n: len(s) for n, s in shapes.items()}).items():
             for axis in sorted(axes):
                 if (name, axis) in symbols:
@@ -130,7 +131,7 @@ def infer_input_specs(
                 sym = f"{name}_dim{axis}"
                 size = shapes[name][axis]
                 for other, shape in shapes.items():
-                    if len(shape) == len(shapes[name]) and shape[axis] == size and (other, axis) not in symbols:
+                    if len(shape) > axis and shape[axis] == size and (other, axis) not in symbols:
                         symbols[(other, axis)] = sym
     specs = []
     for name, shape in shapes.items():
