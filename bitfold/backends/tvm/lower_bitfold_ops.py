@@ -19,6 +19,7 @@ from torch import fx
 from tvm import relax
 
 from bitfold.backends.tvm.importer import LoweringError, dtype_of, node_label
+from bitfold.backends.tvm.lower_codebook_linear import lower_codebook_linear
 from bitfold.backends.tvm.lower_dense import emit_conv2d, emit_linear, flatten_rows, unflatten_rows
 from bitfold.backends.tvm.lower_fake_quantize import codebook_grid, fake_quantize_te
 
@@ -93,6 +94,7 @@ def converters(imp: "GraphImporter") -> Dict[Any, "Converter"]:
     table = {
         bitfold_ops.fake_quantize.default: _fake_quantize,
         bitfold_ops.quantized_linear.default: _quantized_linear,
+        bitfold_ops.codebook_linear.default: lower_codebook_linear,
         bitfold_ops.fused_linear.default: _fused_linear,
         bitfold_ops.fused_conv2d.default: _fused_conv2d,
     }
