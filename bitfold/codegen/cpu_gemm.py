@@ -26,6 +26,8 @@ from bitfold.codegen.layout import TILE
 ROWS = 4
 HALF = 16
 CHUNK_SLOTS = 128
+#: Smallest layer whose GEMM is spread over threads (it does M ≥ 2 rows of work per weight).
+PARALLEL_MIN_WEIGHTS = 2**16
 
 
 def _decode_chunk(a: KernelArgs, decoder: WordDecoder, tile, first_word, words: int, b: tir.Buffer) -> None:
@@ -88,7 +90,7 @@ def emit_gemm(a: KernelArgs, avx2: bool) -> None:
         prepare_row(a, row, [1.0] * c, xs, None, lead=(row,))
     chunk_words = max(1, CHUNK_SLOTS // c)
     full, tail = divmod(L.words, chunk_words)
-    with tile_loop(a) as tile:
+    with tile_loop(a, PARALLEL_MIN_WEIGHTS) as tile:
         decoder.prepare()
         b = T.alloc_buffer((chunk_words * c, TILE), "float32", scope="local")
         with T.serial(m) as row:

@@ -29,16 +29,17 @@ VECTORS = TILE // V.LANES
 #: Accumulators per channel vector (split by code index) so that 4 × 2 = 8 FMA chains, FMA
 #: latency (4) × FMA ports (2), are in flight. More sets spill registers in the table decodes.
 ACCUMULATOR_SETS = 2
-#: Smallest layer (N·K weights) whose tiles are spread over threads.
-PARALLEL_MIN_WEIGHTS = 2**19
+#: Smallest layer (N·K weights) whose GEMV is spread over threads: below it, 2 threads were
+#: slower than 1 on the 2-core machine (MiniLM's 1536x384 and SmolLM2's 576x1536 layers).
+GEMV_PARALLEL_MIN_WEIGHTS = 2**21
 
 
-def tile_loop(a: KernelArgs):
-    """The loop over channel tiles: parallel over the thread pool, or serial for layers below
-    ``PARALLEL_MIN_WEIGHTS`` weights, where waking the pool's threads (tens of µs, more on a
-    busy machine) costs more than the layer itself."""
+def tile_loop(a: KernelArgs, min_weights: int):
+    """The loop over channel tiles: parallel over the thread pool, or serial for layers of
+    fewer than ``min_weights`` weights (N·K), where waking the pool's threads (tens of µs,
+    more on a busy machine) costs more than it saves."""
     tiles = a.layout.tiles
-    if a.spec.out_features * a.spec.in_features < PARALLEL_MIN_WEIGHTS:
+    if a.spec.out_features * a.spec.in_features < min_weights:
         return T.serial(tiles)
     return T.parallel(tiles)
 
@@ -125,7 +126,7 @@ def emit_gemv(a: KernelArgs, avx2: bool) -> None:
     xs = T.alloc_buffer((L.slots,), "float32")
     xg = T.alloc_buffer((L.groups,), "float32") if a.zero_points is not None else None
     prepare_row(a, 0, prescales, xs, xg)
-    with tile_loop(a) as tile:
+    with tile_loop(a, GEMV_PARALLEL_MIN_WEIGHTS) as tile:
         decoder.prepare()
         total = T.alloc_buffer((TILE,), "float32", scope="local")
         for r in range(VECTORS):

@@ -33,6 +33,9 @@ from bitfold.codegen.kernel_args import KernelArgs
 from bitfold.codegen.layout import TILE
 
 INT16_MAX = 32767
+#: Smallest layer spread over threads (the same code serves M = 1, where the int8 dot
+#: products are cheap, and larger M).
+PARALLEL_MIN_WEIGHTS = 2**20
 QMAX = 127
 
 
@@ -108,7 +111,7 @@ def emit_int8(a: KernelArgs) -> None:
     mask = 2**L.bits - 1
     byte_mask = mask * 0x01010101
     terms = _terms_before_widening(a)
-    with tile_loop(a) as tile:
+    with tile_loop(a, PARALLEL_MIN_WEIGHTS) as tile:
         table = T.bind(V.load(a.table, 0, lanes=32)) if a.plan.kind == "byte_table" else None
         ones = T.bind(V.const(1, "int16", lanes=16))
         with T.serial(a.m) as row:

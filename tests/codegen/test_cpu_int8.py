@@ -42,7 +42,7 @@ def quantize_like_the_kernel(x: np.ndarray, layer) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt,n,k,group,zp", [("int4", 70, 100, 32, True), ("int2", 33, 77, None, False),
-                                              ("e2m1", 50, 90, 40, False)])
+                                              ("e2m1", 50, 90, 40, False), ("uint4", 1030, 1100, 128, True)])
 def test_int8_activation_kernel(fmt, n, k, group, zp):
     layer = random_layer(fmt, n, k, group, zp, True, True, seed=n, int8_activations=True)
     kernel = Kernel(layer.spec, host_cpu_target())

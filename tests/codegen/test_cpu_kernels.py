@@ -12,7 +12,7 @@ import pytest
 import torch
 import tvm
 
-from bitfold.codegen import KernelError, LinearKernelSpec, build_linear_kernel, host_cpu_target
+from bitfold.codegen import KernelError, LinearKernelSpec, build_linear_kernel, cpu_gemv, host_cpu_target
 
 from ._helpers import Kernel, random_layer, rel_error
 
@@ -63,6 +63,15 @@ def test_random_shapes(target):
         group = int(rng.integers(5, k + 1))
         layer = random_layer(fmt, n, k, group, fmt == "int4", True, True, seed=int(n))
         _check(Kernel(layer.spec, target), layer, rows=(1, 10))
+
+
+def test_layers_large_enough_for_parallel_tiles(target):
+    """N·K above the thresholds of :func:`bitfold.codegen.cpu_gemv.tile_loop`: tiles run on the pool."""
+    layer = random_layer("int4", 1100, 2000, 64, True, True, True, seed=9)
+    assert 1100 * 2000 >= cpu_gemv.GEMV_PARALLEL_MIN_WEIGHTS
+    kernel = Kernel(layer.spec, target)
+    assert "parallel" in kernel.func.script()
+    _check(kernel, layer, rows=(1, 3))
 
 
 @pytest.mark.parametrize("fmt,group,zp", [("int4", 32, True), ("e2m1", None, False), ("nf4", None, False)])
