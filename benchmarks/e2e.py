@@ -177,7 +177,8 @@ def bench_model(name: str, args: argparse.Namespace, cache: Optional[Path]) -> L
 
     def add_tvm(system: str, model: Any, check: Callable[[str, Any], Dict[str, float]]) -> None:
         start = time.perf_counter()
-        compiled = bitfold.compile(model, target)
+        # example_inputs: a model loaded from --cache has no recorded input shapes.
+        compiled = bitfold.compile(model, target, example_inputs=example)
         print(f"  compiled {system} in {time.perf_counter() - start:.0f} s", flush=True)
         on_device = {phase: compiled._to_device(x) for phase, x in phases.items()}
         main, params = compiled.vm["main"], compiled.params

@@ -12,6 +12,7 @@ from bitfold.backends.tvm.compiled_model import CompiledModel
 from bitfold.backends.tvm.importer import GraphImporter
 from bitfold.backends.tvm.signature import infer_input_specs
 from bitfold.backends.tvm.target import TargetLike, resolve_target
+from bitfold.ir.graph_utils import propagate_shapes
 
 def _graph_of(model: Any, example_inputs: Optional[Sequence[Any]]) -> fx.GraphModule:
     from bitfold.api.quantized_model import QuantizedModel
@@ -32,6 +33,10 @@ def _graph_of(model: Any, example_inputs: Optional[Sequence[Any]]) -> fx.GraphMo
     raise TypeError(f"bitfold.compile takes a QuantizedModel, a canonical fx.GraphModule or an nn.Module, "
                     f"got {type(model).__name__}")
 
+def _lacks_recorded_values(gm: fx.GraphModule) -> bool:
+    return any(n.op == "call_function" and "val" not in n.meta for n in gm.graph.nodes)
+
+
 def compile(  # noqa: A001 - the public name users expect (like torch.compile)
     model: Any,
     target: TargetLike = "llvm",
@@ -51,6 +56,10 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
     resolved = resolve_target(target)
     gm = _graph_of(model, example_inputs)
     specs = infer_input_specs(gm, example_inputs, dynamic_dims)
+    if example_inputs is not None and _lacks_recorded_values(gm):
+        # A graph loaded from disk records no dtypes; the importer checks TVM's converters
+        # against them, so record them by running the graph on fake example inputs.
+        propagate_shapes(gm, *example_inputs)
     imported = GraphImporter(gm, specs, resolved).run()
     executable = build(imported.mod, resolved)
     return CompiledModel(executable, resolved, imported.inputs, imported.params, imported.output_count,

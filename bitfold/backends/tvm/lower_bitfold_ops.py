@@ -18,9 +18,10 @@ import torch
 from torch import fx
 from tvm import relax
 
-from bitfold.backends.tvm.importer import LoweringError, dtype_of, node_label
+from bitfold.backends.tvm.importer import LoweringError, node_label
 from bitfold.backends.tvm.lower_codebook_linear import lower_codebook_linear
-from bitfold.backends.tvm.lower_dense import emit_conv2d, emit_linear, flatten_rows, unflatten_rows
+from bitfold.backends.tvm.kernel_call import call_row_kernel
+from bitfold.backends.tvm.lower_dense import emit_conv2d, emit_linear
 from bitfold.backends.tvm.lower_fake_quantize import codebook_grid, fake_quantize_te
 
 if TYPE_CHECKING:
@@ -69,15 +70,8 @@ def _quantized_linear(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
             f"{node_label(node)}: bitfold.codegen has no low-bit kernel for it on {imp.target.kind.name} "
             f"({type(err).__name__}: {err}); bitfold does not fall back to a dense product") from err
     a = op_arguments(node)
-    x = imp.env[a["x"]]
-    in_shape = list(x.ty.shape)
-    x2d = flatten_rows(imp, x)
-    consts = [imp.tensor_value(np.asarray(arr), f"{node.name}.{i}") for i, arr in enumerate(arrays)]
-    # Hand-scheduled by bitfold.codegen: the default schedule rules must leave it alone.
-    gv = imp.block_builder.add_func(prim.with_attr("tirx.is_scheduled", True), codegen.kernel_name(spec, None))
-    rows = x2d.ty.shape[0]
-    y = imp.emit(relax.call_tir(gv, [x2d, *consts], relax.TensorType([rows, a["out_features"]], dtype_of(x))))
-    return unflatten_rows(imp, y, in_shape, a["out_features"])
+    return call_row_kernel(imp, imp.env[a["x"]], prim, codegen.kernel_name(spec, None), arrays,
+                           a["out_features"], node.name)
 
 
 def _fused_linear(imp: "GraphImporter", node: fx.Node) -> relax.Expr:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 from torch import fx
 from tvm import relax
 
-from bitfold.backends.tvm.importer import LoweringError, dtype_of, node_label
-from bitfold.backends.tvm.lower_dense import flatten_rows, unflatten_rows
+from bitfold.backends.tvm.importer import LoweringError, node_label
+from bitfold.backends.tvm.kernel_call import call_row_kernel
 
 if TYPE_CHECKING:
     from bitfold.backends.tvm.importer import GraphImporter
@@ -34,11 +33,4 @@ def lower_codebook_linear(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
         raise LoweringError(
             f"{node_label(node)}: bitfold.codegen has no codebook kernel for it on {imp.target.kind.name} "
             f"({type(err).__name__}: {err}); bitfold does not fall back to a dense product") from err
-    x = imp.env[node.args[0]]
-    in_shape = list(x.ty.shape)
-    x2d = flatten_rows(imp, x)
-    consts = [imp.tensor_value(np.asarray(arr), f"{node.name}.{i}") for i, arr in enumerate(arrays)]
-    gv = imp.block_builder.add_func(prim.with_attr("tirx.is_scheduled", True), spec.name(None))
-    rows = x2d.ty.shape[0]
-    y = imp.emit(relax.call_tir(gv, [x2d, *consts], relax.TensorType([rows, spec.out_features], dtype_of(x))))
-    return unflatten_rows(imp, y, in_shape, spec.out_features)
+    return call_row_kernel(imp, imp.env[node.args[0]], prim, spec.name(None), arrays, spec.out_features, node.name)

@@ -12,7 +12,7 @@ the GEMM's kernel. A weight that is not a constant falls back to ``relax.op.line
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 from torch import fx
@@ -46,24 +46,6 @@ def apply_activation(imp: "GraphImporter", y: relax.Expr, activation: str, node:
     if activation == "hardswish":  # y · relu6(y + 3) / 6
         return imp.emit(op.divide(op.multiply(y, op.clip(op.add(y, c(3.0)), 0.0, 6.0)), c(6.0)))
     raise LoweringError(f"{node_label(node)}: unknown activation {activation!r}")
-
-
-def flatten_rows(imp: "GraphImporter", x: relax.Expr) -> relax.Expr:
-    """``x`` viewed as ``[M, K]`` (all leading dimensions folded into ``M``)."""
-    shape = list(x.ty.shape)
-    if len(shape) == 2:
-        return x
-    rows = 1
-    for d in shape[:-1]:
-        rows = rows * d
-    return imp.emit(relax.op.reshape(x, [rows, shape[-1]]))
-
-
-def unflatten_rows(imp: "GraphImporter", y: relax.Expr, like: Sequence[Any], features: Any) -> relax.Expr:
-    """``y`` (``[M, N]``) reshaped back to ``like[:-1] + [N]``."""
-    if len(like) == 2:
-        return y
-    return imp.emit(relax.op.reshape(y, list(like[:-1]) + [features]))
 
 
 def pack_panels(weight: np.ndarray, nr: int) -> np.ndarray:

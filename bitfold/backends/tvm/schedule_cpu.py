@@ -123,14 +123,24 @@ def schedule_injective(sch: s_tir.Schedule, block: BlockRV, lanes: int) -> None:
     parallelize(sch, loops)
 
 
-class Injective(dl.ScheduleRule):
-    """Elementwise / broadcast / layout kernels (see the module docstring)."""
+class CPURule(dl.ScheduleRule):
+    """A rule for LLVM targets: :meth:`schedule` gets the PrimFunc's blocks in normal form
+    (``None`` when TVM cannot normalize them) and returns a schedule or ``None`` (no match)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> Optional[s_tir.Schedule]:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
+        return self.schedule(sch, normalize_prim_func(sch), target)
+
+    def schedule(self, sch: s_tir.Schedule, infos: Optional[list], target: Target) -> Optional[s_tir.Schedule]:
+        raise NotImplementedError
+
+
+class Injective(CPURule):
+    """Elementwise / broadcast / layout kernels (see the module docstring)."""
+
+    def schedule(self, sch: s_tir.Schedule, infos: Optional[list], target: Target) -> Optional[s_tir.Schedule]:
         if infos is None or not all(info.is_injective() for info in infos):
             return None
         inline_intermediates(sch, [info.block_rv for info in infos[:-1]])
@@ -140,14 +150,10 @@ class Injective(dl.ScheduleRule):
         return sch
 
 
-class Fallback(dl.ScheduleRule):
+class Fallback(CPURule):
     """Every top-level block parallel over its leading spatial loops (see the module docstring)."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> Optional[s_tir.Schedule]:
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
+    def schedule(self, sch: s_tir.Schedule, infos: Optional[list], target: Target) -> Optional[s_tir.Schedule]:
         if infos is not None:
             inline_intermediates(sch, [info.block_rv for info in infos if info.is_injective()][:-1])
         for block in top_level_blocks(sch):
@@ -160,14 +166,10 @@ class Fallback(dl.ScheduleRule):
         return sch
 
 
-class Matmul(dl.ScheduleRule):
+class Matmul(CPURule):
     """Register-blocked GEMM/GEMV with fused epilogue (see the module docstring)."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> Optional[s_tir.Schedule]:
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
+    def schedule(self, sch: s_tir.Schedule, infos: Optional[list], target: Target) -> Optional[s_tir.Schedule]:
         if infos is None:
             return None
         reductions = [info for info in infos if not info.is_injective()]
