@@ -42,6 +42,7 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
     target: TargetLike = "llvm",
     example_inputs: Optional[Sequence[Any]] = None,
     dynamic_dims: Optional[Mapping[str, Mapping[int, str]]] = None,
+    int8_activations: bool = False,
 ) -> CompiledModel:
     """Lower ``model``'s graph to Relax, schedule it for ``target`` and build it.
 
@@ -52,6 +53,10 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
     ``example_inputs`` fix input shapes and dtypes when the graph does not record them;
     ``dynamic_dims`` (``{"input_ids": {1: "seq"}}``) names the dimensions that may vary
     (default: those the graph reads symbolically, see :mod:`.signature`).
+    ``int8_activations=True`` runs quantized linears with :mod:`bitfold.codegen`'s W4A8 CPU
+    kernels, which quantize activations to int8 per block of 32 inside the kernel (ONNX
+    Runtime's ``accuracy_level=4`` arithmetic): faster, but no longer the simulation's
+    arithmetic (about 1e-2 relative), so off by default.
     """
     resolved = resolve_target(target)
     gm = _graph_of(model, example_inputs)
@@ -60,7 +65,7 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
         # A graph loaded from disk records no dtypes; the importer checks TVM's converters
         # against them, so record them by running the graph on fake example inputs.
         propagate_shapes(gm, *example_inputs)
-    imported = GraphImporter(gm, specs, resolved).run()
+    imported = GraphImporter(gm, specs, resolved, int8_activations).run()
     executable = build(imported.mod, resolved)
     return CompiledModel(executable, resolved, imported.inputs, imported.params, imported.output_count,
                          imported.param_names)

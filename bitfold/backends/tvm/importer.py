@@ -90,7 +90,10 @@ def node_label(node: fx.Node) -> str:
 class GraphImporter(ExportedProgramImporter):
     """One use: ``GraphImporter(gm, specs, target).run()`` → :class:`ImportedGraph`."""
 
-    def __init__(self, gm: fx.GraphModule, inputs: Sequence[InputSpec], target: tvm.target.Target) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, inputs: Sequence[InputSpec], target: tvm.target.Target,
+        int8_activations: bool = False,
+    ) -> None:
         super().__init__()
         self.gm = gm
         self.inputs = list(inputs)
@@ -98,6 +101,8 @@ class GraphImporter(ExportedProgramImporter):
         self.env = _LazyEnv(self)
         self.block_builder = relax.BlockBuilder()
         self.symbols: Dict[str, tirx.Var] = {}
+        #: Use bitfold.codegen's int8-activation (W4A8) kernels for quantized linears.
+        self.int8_activations = int8_activations
         #: Column-panel width dense weights are packed to (0: not packed), see :mod:`.lower_dense`.
         self.panel_width = panel_width(target)
         self._param_vars: List[relax.Var] = []

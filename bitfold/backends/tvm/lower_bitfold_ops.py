@@ -3,9 +3,9 @@
 * ``bitfold::fake_quantize`` → one TE kernel (:func:`.lower_fake_quantize.fake_quantize_te`),
   bit-exact with the PyTorch simulation for every format it can carry;
 * ``bitfold::quantized_linear`` → the low-bit GEMM/GEMV of :mod:`bitfold.codegen`, called with
-  ``call_tir`` on the input flattened to ``[M, K]`` and the packed weight-side arrays. A format
-  or layout without a kernel is an error naming the node: the backend never silently
-  substitutes a dequantized dense product;
+  ``call_tir`` on the input flattened to ``[M, K]`` and the packed weight-side arrays (with
+  ``int8_activations``, its W4A8 variant). A format or layout without a kernel is an error
+  naming the node: the backend never silently substitutes a dequantized dense product;
 * ``bitfold::fused_linear`` / ``bitfold::fused_conv2d`` → :mod:`.lower_dense`.
 """
 
@@ -62,7 +62,7 @@ def _quantized_linear(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
     try:
         from bitfold import codegen
 
-        spec = codegen.spec_from_node(node)
+        spec = codegen.spec_from_node(node, int8_activations=imp.int8_activations)
         arrays = codegen.kernel_inputs(spec, node, imp.gm)
         prim = codegen.build_linear_kernel(spec, imp.target)
     except Exception as err:  # no kernel for this format/layout, or codegen not available

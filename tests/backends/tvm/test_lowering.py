@@ -132,3 +132,27 @@ def test_a_quantized_linear_without_a_kernel_is_an_error_not_a_dense_fallback():
 
     with pytest.raises(LoweringError, match=r"node 'quantized_linear'.*no low-bit kernel.*float64"):
         compile(Float64Layer(), "llvm", example_inputs=(torch.randn(2, 32, dtype=torch.float64),))
+
+
+class Int4Layer(torch.nn.Module):
+    def __init__(self, n=48, k=128):
+        super().__init__()
+        weight = torch.randn(n, k, generator=torch.Generator().manual_seed(0))
+        packed = ops.pack_weight(weight, "int4", weight.abs().amax(1) / 7)
+        self.shape = (n, k)
+        self.register_buffer("packed", packed.packed)
+        self.register_buffer("scale", packed.scale)
+
+    def forward(self, x):
+        return ops.quantized_linear(x, self.packed, "int4", *self.shape, self.scale)
+
+
+def test_int8_activation_kernels_are_opt_in_and_close_to_the_op():
+    layer = Int4Layer().eval()
+    x = torch.randn(1, 5, 128)
+    with torch.no_grad():
+        want = layer(x)
+    exact = compile(layer, "llvm -mcpu=native", example_inputs=(x,))
+    assert float((exact(x) - want).abs().max() / want.abs().max()) <= 1e-5
+    w4a8 = compile(layer, "llvm -mcpu=native", example_inputs=(x,), int8_activations=True)
+    assert 1e-6 < float((w4a8(x) - want).abs().max() / want.abs().max()) <= 3e-2  # int8 rounding, not exact
