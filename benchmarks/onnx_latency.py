@@ -21,7 +21,8 @@ too) and recipe, how the ``simulate`` and ``compressed`` exports agree with bitf
 PyTorch simulation on a real evaluation set (max/mean abs and rel error, argmax/top-1
 agreement: per image, per sentence embedding, per next-token prediction), and how large
 they are next to the FP32 export — the whole file, and the quantized layers' stored bytes
-against their float32 weights. Quantized models are read from ``--cache`` as
+against their float32 weights; for SmolLM2 also the next-token perplexity computed from the
+ONNX file's logits next to the simulation's. Quantized models are read from ``--cache`` as
 ``<model>-<recipe>`` (a ``QuantizedModel.save`` directory) when there, else quantized on
 ``--calibration`` batches.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -92,20 +94,18 @@ def fp32_file(name: str, model: zoo.LoadedModel, example: tuple, cache: Path) ->
     return path
 
 
-def exports(name: str, cache: Path, calib_items: int) -> Dict[str, Path]:
-    """The FP32 and W4 (accuracy levels 0 and 4) files of ``name``, exported into ``cache`` if missing."""
+def exports(name: str, cache: Path, calib_items: int, seq: int) -> Dict[str, Path]:
+    """The FP32 and W4 (accuracy levels 0 and 4) files of ``name``, exported into ``cache`` if missing.
+
+    The export example has ``seq`` tokens: a quantized model captured with a static length
+    (all its calibration texts were cut to one length) only accepts that length.
+    """
     model = zoo.load_model(name)
-    example = real_batch(model, name, 2, 32, offset=0)
+    example = real_batch(model, name, 2, seq, offset=0)
     files = {"fp32": fp32_file(name, model, example, cache), "w4-L0": cache / f"{name}-w4-L0.onnx",
              "w4-L4": cache / f"{name}-w4-L4.onnx"}
-    artifact = cache / f"{name}-{RECIPE}"
     if not files["w4-L0"].exists() or not files["w4-L4"].exists():
-        if artifact.exists():
-            q = bitfold.QuantizedModel.load(artifact)
-        else:
-            calibration = [real_batch(model, name, 4, 64, offset=100 + 4 * i) for i in range(calib_items)]
-            q = bitfold.quantize(model.module, RECIPE, calibration, progress=False)
-            q.save(artifact)
+        q = quantized(name, RECIPE, cache, calib_items)
         for level in (0, 4):
             export_onnx(q, files[f"w4-L{level}"], example, mode="compressed", accuracy_level=level,
                         output_names=list(model.output_names))
@@ -113,7 +113,7 @@ def exports(name: str, cache: Path, calib_items: int) -> Dict[str, Path]:
 
 
 def benchmark(name: str, args: argparse.Namespace, cache: Path) -> List[Dict[str, Any]]:
-    files = exports(name, cache, args.calibration)
+    files = exports(name, cache, args.calibration, args.seq)
     model = zoo.load_model(name)
     inputs = real_batch(model, name, args.batch, args.seq, offset=1000)
     with torch.no_grad():
@@ -145,10 +145,18 @@ def quantized(name: str, recipe: str, cache: Path, calib_items: int) -> "bitfold
     if artifact.exists():
         return bitfold.QuantizedModel.load(artifact)
     model = zoo.load_model(name)
-    calibration = [real_batch(model, name, 4, 64, offset=100 + 4 * i) for i in range(calib_items)]
+    # Lengths differ between batches so that the sequence axis stays dynamic in the captured graph.
+    calibration = [real_batch(model, name, 4, 48 + 8 * i, offset=100 + 4 * i) for i in range(calib_items)]
     q = bitfold.quantize(model.module, recipe, calibration, progress=False)
     q.save(artifact)
     return q
+
+
+def perplexity(batches: Sequence[tuple], logits: Sequence[Any]) -> float:
+    """Next-token perplexity over ``batches`` (ids, mask) given each batch's logits."""
+    nll = [math.log(zoo.perplexity(lambda ids, mask, out=out: torch.as_tensor(out), *b)) for b, out in
+           zip(batches, logits)]
+    return math.exp(sum(nll) / len(nll))
 
 
 def float_weight_bytes(layers: Dict[str, Any]) -> int:
@@ -158,7 +166,7 @@ def float_weight_bytes(layers: Dict[str, Any]) -> int:
 def agreement_rows(name: str, recipes: Sequence[str], args: argparse.Namespace, cache: Path) -> List[Dict[str, Any]]:
     """Simulate and compressed exports of every recipe against the PyTorch simulation (see the docstring)."""
     model = zoo.load_model(name)
-    example = real_batch(model, name, 2, 32, offset=0)
+    example = real_batch(model, name, 2, args.seq, offset=0)
     fp32 = fp32_file(name, model, example, cache)
     batches = [real_batch(model, name, args.batch, args.seq, offset=1000 + args.batch * i)
                for i in range(args.eval_batches)]
@@ -171,13 +179,17 @@ def agreement_rows(name: str, recipes: Sequence[str], args: argparse.Namespace, 
             if not path.exists():
                 export_onnx(q, path, example, mode=mode, accuracy_level=0, output_names=list(model.output_names))
             session = ort_session(path, threads=args.threads)
-            results = [agreement(session.run(None, feeds(session, b))[0], ref) for b, ref in zip(batches, references)]
+            outputs = [session.run(None, feeds(session, b))[0] for b in batches]
+            results = [agreement(out, ref) for out, ref in zip(outputs, references)]
             layers = read_metadata(path)["layers"]
             stored = sum(f.get("stored_bytes", 0) for f in layers.values())
-            rows.append({"model": name, "recipe": recipe, "mode": mode, "mb": path.stat().st_size / 1e6,
-                         "size_ratio": path.stat().st_size / fp32.stat().st_size,
-                         "layer_ratio": stored / max(float_weight_bytes(layers), 1),
-                         "agreement": combine(results).as_dict()})
+            row = {"model": name, "recipe": recipe, "mode": mode, "mb": path.stat().st_size / 1e6,
+                   "size_ratio": path.stat().st_size / fp32.stat().st_size,
+                   "layer_ratio": stored / max(float_weight_bytes(layers), 1), "agreement": combine(results).as_dict()}
+            if name == "smollm2":  # the task metric, from the ONNX file alone and from the simulation
+                row["perplexity_onnx"] = perplexity(batches, outputs)
+                row["perplexity_torch"] = perplexity(batches, references)
+            rows.append(row)
     return rows
 
 
@@ -190,7 +202,9 @@ def print_agreement(rows: List[Dict[str, Any]]) -> None:
         a = r["agreement"]
         print(f"{r['model']:18} {r['recipe']:15} {r['mode']:10} {r['mb']:7.1f} {r['size_ratio']:9.3f} "
               f"{r['layer_ratio']:11.3f} {a['max_abs']:9.2e} {a['mean_abs']:9.2e} {a['max_rel']:9.2e} "
-              f"{a['mean_rel']:9.2e} {a['argmax_match']:7.4f} {a['rows']:6d}")
+              f"{a['mean_rel']:9.2e} {a['argmax_match']:7.4f} {a['rows']:6d}"
+              + (f"  ppl onnx {r['perplexity_onnx']:.3f} torch {r['perplexity_torch']:.3f}" if "perplexity_onnx" in r
+                 else ""))
     print("errors: ONNX Runtime (CPU) vs bitfold's PyTorch simulation; rel = relative to the output's max / mean "
           "magnitude; argmax: fraction of rows (images, embeddings, token positions) with the same argmax; "
           "layers/fp32: stored bytes of the quantized layers (codes, scales, zero points) over their float32 weights")
@@ -224,7 +238,7 @@ def main() -> None:
                 args.json.write_text(json.dumps(rows, indent=2))
             return
         for name in names:  # export first, so that exporting does not overlap the timings
-            exports(name, cache, args.calibration)
+            exports(name, cache, args.calibration, args.seq)
         load_before = os.getloadavg()
         rows = [row for name in names for row in benchmark(name, args, cache)]
         load_after = os.getloadavg()

@@ -114,8 +114,13 @@ def _conversion_error(err: Exception) -> OnnxExportError:
         cause = cause.__cause__
     match = _FAILED_NODE.search(text) or _FAILED_NODE.search(repr(err.__cause__))
     where = f"node {match.group(1)[1:]!r}: " if match else ""
+    message = str(cause).splitlines()[0] if str(cause) else ""
+    hint = ""
+    if "VR[" in message or "onstraint" in message:
+        hint = (" — the example inputs must have sizes the captured graph accepts (a size that was the same in "
+                "every calibration item was captured as static)")
     return OnnxExportError(f"{where}torch.onnx.export could not translate the graph to ONNX: "
-                           f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+                           f"{type(cause).__name__}: {message}{hint}")
 
 
 def export_graph(

@@ -14,8 +14,6 @@ PyTorch does, so ties resolve identically. Levels come from one ``Gather``.
 
 from __future__ import annotations
 
-from typing import List
-
 import numpy as np
 from onnx import TensorProto
 
@@ -40,13 +38,3 @@ def nearest_level(em: Emitter, y: str, fmt: CodebookFormat) -> str:
     take_hi = em.op("Or", em.op("Less", d_hi, d_lo), em.op("And", em.op("Equal", d_hi, d_lo), even), hint="take_upper")
     return em.op("Gather", table, em.op("Where", take_hi, hi, lo), hint="level")
 
-
-def codebook_quantizer_body(fmt: CodebookFormat):
-    """Body of ``FakeQuantize_<fmt>(x, scale)``."""
-
-    def body(em: Emitter, args: List[str]) -> str:
-        x, scale = args
-        y = em.op("Div", x, scale, hint="unit")
-        return em.op("Mul", nearest_level(em, y, fmt), scale, hint="dequantized")
-
-    return body

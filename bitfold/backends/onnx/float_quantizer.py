@@ -27,7 +27,7 @@ or per-channel biases, which bitfold carries as the scale ``s``.
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import Tuple
 
 import numpy as np
 from onnx import TensorProto
@@ -74,13 +74,3 @@ def round_to_grid(em: Emitter, y: str, fmt: FloatFormat) -> str:
     q = em.op("Mul", em.op("Round", em.op("Mul", a, up)), down, hint="rounded")
     return em.op("Mul", q, em.op("Sign", y), hint="signed")
 
-
-def float_quantizer_body(fmt: FloatFormat):
-    """Body of ``FakeQuantize_<fmt>(x, scale)``: ``round_to_grid(x / scale) · scale``."""
-
-    def body(em: Emitter, args: List[str]) -> str:
-        x, scale = args
-        y = em.op("Div", x, scale, hint="unit")
-        return em.op("Mul", round_to_grid(em, y, fmt), scale, hint="dequantized")
-
-    return body

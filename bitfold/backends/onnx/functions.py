@@ -52,3 +52,15 @@ class FunctionLibrary:
     @property
     def functions(self) -> List[onnx.FunctionProto]:
         return [self._functions[k] for k in sorted(self._functions)]
+
+
+def scaled_quantizer_body(rounding: Callable[[Emitter, str], str]):
+    """Body of ``FakeQuantize_<fmt>(x, scale)``: ``rounding(x / scale) · scale``, where ``rounding``
+    emits the nodes that round unit-scale values to the format's grid."""
+
+    def body(em: Emitter, args: List[str]) -> str:
+        x, scale = args
+        y = em.op("Div", x, scale, hint="unit")
+        return em.op("Mul", rounding(em, y), scale, hint="dequantized")
+
+    return body

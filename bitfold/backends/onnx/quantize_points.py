@@ -23,11 +23,11 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from bitfold.backends.onnx.block_quantizer import block_quantizer_body
-from bitfold.backends.onnx.codebook_quantizer import codebook_quantizer_body
+from bitfold.backends.onnx.codebook_quantizer import nearest_level
 from bitfold.backends.onnx.emitter import Emitter
 from bitfold.backends.onnx.errors import OnnxExportError
-from bitfold.backends.onnx.float_quantizer import float_quantizer_body
-from bitfold.backends.onnx.functions import FunctionLibrary
+from bitfold.backends.onnx.float_quantizer import round_to_grid
+from bitfold.backends.onnx.functions import FunctionLibrary, scaled_quantizer_body
 from bitfold.backends.onnx.int_quantizer import int_quantizer_body
 from bitfold.backends.onnx.native_qdq import native_type, quantize_dequantize, typed_zero_point
 from bitfold.ir.formats import BlockFormat, CodebookFormat, FloatFormat, Format, IntFormat
@@ -103,12 +103,11 @@ def emit_quantizer(
         axis = None if not per_axis else qp.axis % len(shape) if shape is not None else qp.axis
         return quantize_dequantize(em, x, fmt, scale, zero, axis)
     scale = qp.scale if const_scale is None else em.const(_broadcast(const_scale, qp, shape, where, "scale"), "scale")
-    if isinstance(fmt, FloatFormat):
-        return library.call(em, _function_name(fmt), [x, scale], ["x", "scale"], float_quantizer_body(fmt),
-                            f"bitfold {fmt.name} fake-quantizer (ExMy, exact)", hint)
-    if isinstance(fmt, CodebookFormat):
-        return library.call(em, _function_name(fmt), [x, scale], ["x", "scale"], codebook_quantizer_body(fmt),
-                            f"bitfold {fmt.name} fake-quantizer (nearest level)", hint)
+    if isinstance(fmt, (FloatFormat, CodebookFormat)):
+        rounding = round_to_grid if isinstance(fmt, FloatFormat) else nearest_level
+        body = scaled_quantizer_body(lambda e, y: rounding(e, y, fmt))
+        return library.call(em, _function_name(fmt), [x, scale], ["x", "scale"], body,
+                            f"bitfold {fmt.name} fake-quantizer (exact to bitfold's PyTorch one)", hint)
     if isinstance(fmt, IntFormat):
         if qp.zero_point is None:
             return library.call(em, _function_name(fmt), [x, scale], ["x", "scale"],

@@ -13,7 +13,6 @@ import torch
 from bitfold.api import QuantizedModel
 from bitfold.backends.onnx import export_onnx
 from bitfold.ir import formats, from_torch
-from bitfold.ir.formats import IntFormat
 from bitfold.passes import EliminateDeadCode, PassManager, run_standard_passes
 from bitfold.passes.fold_preshift import FoldPreshift
 from bitfold.passes.preshift import preshift_exponents
@@ -94,7 +93,6 @@ def quantize_tiny() -> QuantizedModel:
         "linear_2": _weight_plan(w["up"], "int4"), "linear_3": _weight_plan(w["down"], "uint4", 32, zero=True),
         "linear_4": _weight_plan(w["head"], "e2m1", 32),
     }
-    assert isinstance(int4, IntFormat)
     QuantizeLinears(weights, activations).run(gm)
     PassManager([FoldPreshift(), EliminateDeadCode()], sample_inputs=(x,)).run(gm)
     return QuantizedModel(gm, {"name": "tiny-mixed", "version": 1}, [], {})

@@ -116,3 +116,13 @@ def test_a_weight_computed_at_run_time_is_refused_by_name():
     with pytest.raises(OnnxExportError, match=r"bitfold::quantized_linear node 'encoder.fc1': its packed weight .* "
                                               r"must be a constant"):
         lower_placeholders(model, ExportOptions(mode="compressed"))
+
+
+def test_explicit_names_and_dynamic_axes(tmp_path):
+    path = export_onnx(graph(torch.relu), tmp_path / "m.onnx", X, input_names=["features"], output_names=["relu"],
+                       dynamic_axes={"features": {0: "rows"}})
+    model = onnx.load(path)
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert (inp.name, out.name) == ("features", "relu")
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["rows", 4]
+    assert np.array_equal(run(ort_session(path), [torch.ones(5, 4)])[0], np.ones((5, 4), np.float32))

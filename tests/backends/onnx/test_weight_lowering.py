@@ -14,7 +14,7 @@ from bitfold.backends.onnx.emitter import Emitter, NameScope
 from bitfold.backends.onnx.lowering import ExportOptions, lower_placeholders
 from bitfold.backends.onnx.weight_storage import emit_weight
 from bitfold.ir import formats, ops
-from bitfold.ir.formats import BlockFormat, IntFormat
+from bitfold.ir.formats import BlockFormat
 
 from ._graphs import OPSET, run
 
@@ -145,4 +145,3 @@ def test_matmul_nbits_can_be_turned_off_and_says_why_it_is_not_used():
     model, facts = lowered(make_weight("int4", 24, False), "compressed")  # groups of 24: not a power of two
     assert "MatMulNBits" not in [n.op_type for n in model.graph.node]
     assert "power-of-two" in facts["matmul_nbits_refused"]
-    assert isinstance(formats.get("int4"), IntFormat)
