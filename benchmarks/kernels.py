@@ -393,7 +393,8 @@ def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
                 })
             del x
         del built
-    return {"threads": threads, "bandwidth_gb_s": bandwidth, "bandwidth_probe": probe, "build_seconds": kernels.build_seconds, "rows": rows}
+    return {"threads": threads, "bandwidth_gb_s": bandwidth, "bandwidth_probe": probe,
+            "build_seconds": kernels.build_seconds, "rows": rows}
 
 
 # --------------------------------------------------------------------------- report

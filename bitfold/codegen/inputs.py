@@ -136,7 +136,8 @@ def kernel_inputs_from_tensors(
         if shift.shape != (k,):
             raise KernelError(f"input shift of shape {shift.shape} does not fit {spec.describe()} (expected [{k}])")
         if np.abs(shift).max(initial=0) > _MAX_SHIFT:
-            raise KernelError(f"input shift exponents must lie in [-{_MAX_SHIFT}, {_MAX_SHIFT}], got {shift.min()}..{shift.max()}")
+            raise KernelError(f"input shift exponents must lie in [-{_MAX_SHIFT}, {_MAX_SHIFT}], "
+                              f"got {shift.min()}..{shift.max()}")
         arrays.append(np.ldexp(np.float32(1.0), -shift.astype(np.int32)).astype(np.float32))
     if bias is not None:
         b = _as_numpy(bias, "bias").astype(np.float32).reshape(-1)

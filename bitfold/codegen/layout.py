@@ -83,7 +83,8 @@ class WordLayout:
         """``[N, K]`` codes (uint8, already in stored form) → ``[tiles, words, TILE]`` uint32."""
         n, k = codes.shape
         if (n, k) != (self.out_features, self.in_features):
-            raise ValueError(f"codes of shape {codes.shape} do not match the layout {self.out_features}x{self.in_features}")
+            raise ValueError(
+                f"codes of shape {codes.shape} do not match the layout {self.out_features}x{self.in_features}")
         slot_k = self.slot_to_channel()
         slotted = np.zeros((self.padded_out_features, self.slots), dtype=np.uint32)
         valid = slot_k >= 0
@@ -99,7 +100,8 @@ class WordLayout:
         if values.ndim == 1:
             values = np.repeat(values[:, None], self.groups, axis=1)
         if values.shape != (self.out_features, self.groups):
-            raise ValueError(f"parameters of shape {values.shape} do not match {self.out_features} channels x {self.groups} groups")
+            raise ValueError(f"parameters of shape {values.shape} do not match {self.out_features} channels "
+                             f"x {self.groups} groups")
         padded = np.zeros((self.padded_out_features, self.groups), dtype=dtype)
         padded[: self.out_features] = values
         return np.ascontiguousarray(padded.reshape(self.tiles, TILE, self.groups).transpose(0, 2, 1))
@@ -108,7 +110,8 @@ class WordLayout:
         """The inverse of :meth:`pack` (for tests): ``[N, K]`` uint8 stored codes."""
         flat = words.transpose(0, 2, 1).reshape(self.padded_out_features, self.words)
         shifts = (np.arange(self.codes_per_word, dtype=np.uint32) * self.bits).astype(np.uint32)
-        slotted = ((flat[:, :, None] >> shifts) & np.uint32(2**self.bits - 1)).reshape(self.padded_out_features, self.slots)
+        fields = (flat[:, :, None] >> shifts) & np.uint32(2**self.bits - 1)
+        slotted = fields.reshape(self.padded_out_features, self.slots)
         slot_k = self.slot_to_channel()
         out = np.zeros((self.out_features, self.in_features), dtype=np.uint8)
         valid = slot_k >= 0

@@ -96,7 +96,8 @@ class LinearKernelSpec:
 def quantized_linear_args(node: fx.Node) -> Dict[str, Any]:
     """The arguments of a ``bitfold::quantized_linear`` node by schema name (defaults filled)."""
     if node.op != "call_function" or node.target is not torch.ops.bitfold.quantized_linear.default:
-        raise KernelError(f"node {node.name}: expected a call to bitfold::quantized_linear, got {node.op} {node.target}")
+        raise KernelError(
+            f"node {node.name}: expected a call to bitfold::quantized_linear, got {node.op} {node.target}")
     if len(node.args) > len(QUANTIZED_LINEAR_ARGS):
         raise KernelError(f"node {node.name}: bitfold::quantized_linear takes {len(QUANTIZED_LINEAR_ARGS)} arguments")
     values: Dict[str, Any] = dict.fromkeys(QUANTIZED_LINEAR_ARGS[6:])
