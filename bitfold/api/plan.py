@@ -29,8 +29,8 @@ from torch import fx
 from bitfold.ir import formats
 from bitfold.ir.graph_utils import attr_value
 from bitfold.passes.calibration import LayerStats
-from bitfold.passes.fp_search import search_layer
-from bitfold.passes.preshift import preshift_exponents, search_preshift_rho
+from bitfold.passes.fp_search import float_format, quantize_rows, refine_weights, search_layer
+from bitfold.passes.preshift import apply_preshift, preshift_exponents, search_preshift, search_preshift_rho
 from bitfold.passes.quantize_linears import ActivationPlan, WeightPlan
 from bitfold.recipes import Recipe, TensorSpec
 
@@ -111,6 +111,71 @@ def _dequant(W: torch.Tensor, plan: WeightPlan) -> torch.Tensor:
     return f.quantize(W, plan.scale, axis=1, group_size=plan.group_size, zero_point=plan.zero_point)
 
 
+def _quantize_input(X: torch.Tensor, plan: ActivationPlan) -> torch.Tensor:
+    """What the quantized layer sees of ``X`` (already divided by any SmoothQuant factors)."""
+    c = torch.ones(X.shape[1]) if plan.shift is None else torch.exp2(plan.shift.float())
+    return formats.get(plan.fmt).quantize(X * c, plan.scale) / c
+
+
+def _search_fp(
+    recipe: Recipe, W: torch.Tensor, X: torch.Tensor, sizes: List[int], channel_max: torch.Tensor,
+    smooth: Optional[torch.Tensor],
+) -> Tuple[List[WeightPlan], Optional[ActivationPlan], torch.Tensor, torch.Tensor]:
+    """LLM-FP4's search for one group: weight plans, the activation plan, and what the layer
+    computes with in place of ``W`` and ``X`` (the quantized weight and input).
+
+    With ``preshift: paper`` the weights and a per-tensor activation are searched together
+    (the FPQ baseline), then the shifts come from the channel maxima and ``ρ̃`` is searched.
+    With ``preshift: search`` the weights are searched alone, the activation format, shifts
+    and ``ρ̃`` by :func:`~bitfold.passes.preshift.search_preshift`, and the weights once more
+    against that activation. ``shift_weights: float`` then moves ``2^−k`` into ``W`` before
+    quantizing it and searches the weight biases again.
+    """
+    wspec, aspec, search = recipe.weights, recipe.activations, recipe.search
+    options = dict(grid=search.grid, k=search.points, stride=search.stride)
+    mode = aspec.preshift_mode() if aspec is not None else None
+    joint = aspec is not None and aspec.method == "search" and mode != "search"
+    w_names = recipe.weight_formats()
+    result = search_layer(
+        W, X, wspec.bits, aspec.bits if joint else None, rounds=search.rounds, weight_formats=w_names,
+        act_formats=recipe.activation_formats() if joint else None, act_max=float(channel_max.max()), **options,
+    )
+    w_name, w_bias = result.weight_format, result.weight_bias
+    Wq, Xq = result.quantize_weight(W), X
+    act_plan: Optional[ActivationPlan] = None
+    if aspec is not None and mode is None:
+        name = result.act_format if joint else recipe.activation_formats()[0]
+        afmt = float_format(name)
+        scale = afmt.scale_for_bias(result.act_bias) if joint else float(X.abs().max()) / afmt.max
+        act_plan = ActivationPlan(afmt.name, float(scale), smooth=smooth)
+        Xq = _quantize_input(X, act_plan)
+    elif aspec is not None:
+        shared = dict(channel_max=channel_max, grid=search.grid, points=search.points, stride=search.stride)
+        if mode == "paper":
+            afmt = float_format(result.act_format)
+            _, k = preshift_exponents(channel_max, afmt)
+            found = search_preshift_rho(W, X, k, afmt, Wq, **shared)
+        else:
+            afmt, found = search_preshift(W, X, Wq, [float_format(n) for n in recipe.activation_formats()], **shared)
+            Xq = apply_preshift(found.quantize_act(afmt, X), -found.k)
+            w_name, w_bias, _ = refine_weights(W, X, Xq, w_names, w_name, w_bias, **options)
+            Wq = quantize_rows(float_format(w_name), W, w_bias)
+            found = search_preshift_rho(W, X, found.k, afmt, Wq, **shared)
+        act_plan = ActivationPlan(afmt.name, float(afmt.scale_for_bias(found.rho)), shift=found.k)
+        Xq = _quantize_input(X, act_plan)
+        if aspec.shift_weights == "float":
+            shift = torch.exp2(found.k.float())
+            Ws, Xs = W / shift, X * shift
+            w_name, w_bias, _ = refine_weights(
+                Ws, Xs, Xq * shift, w_names, w_name, float_format(w_name).bias_for_max(Ws.abs().amax(1).double()),
+                **options)
+            Wq = quantize_rows(float_format(w_name), Ws, w_bias) * shift
+            act_plan = ActivationPlan(afmt.name, act_plan.scale, smooth=1.0 / shift)
+    wfmt = float_format(w_name)
+    w_plans = [WeightPlan(wfmt.name, s) for s in wfmt.scale_for_bias(w_bias).split(sizes)]
+    return w_plans, act_plan, Wq, Xq
+
+
 def plan_quantization(
     gm: fx.GraphModule, recipe: Recipe, stats: Dict[str, LayerStats], layers: List[fx.Node]
 ) -> Plan:
@@ -138,36 +203,26 @@ def plan_quantization(
             Ws = list(W.split(sizes))
         else:
             smooth = None
+        preshift = aspec.preshift_mode() if aspec is not None else None
         if wspec.method == "search" and wspec.kind == "fp" and wspec.granularity == "channel":
-            result = search_layer(
-                W, X, wspec.bits, aspec.bits if aspec is not None and aspec.method == "search" else None,
-                rounds=recipe.search.rounds, grid=recipe.search.grid, k=recipe.search.points,
-                weight_formats=recipe.weight_formats(),
-                act_formats=recipe.activation_formats() if aspec is not None else None, stride=recipe.search.stride,
-            )
-            wfmt = formats.get(result.weight_format)
-            scales = wfmt.scale_for_bias(result.weight_bias)
-            w_plans = [WeightPlan(wfmt.name, s) for s in scales.split(sizes)]
-            if aspec is not None:
-                afmt = formats.get(result.act_format)
-                act_plan = ActivationPlan(afmt.name, float(afmt.scale_for_bias(result.act_bias)), smooth=smooth)
+            w_plans, act_plan, Wq, Xq = _search_fp(recipe, W, X, sizes, st.channel_absmax, smooth)
         else:
             wfmt = formats.get(recipe.weight_formats()[0])
             w_plans = [_minmax_weight(w, wspec, wfmt) for w in Ws]
             if aspec is not None:
                 afmt = formats.get(recipe.activation_formats()[0])
                 act_plan = ActivationPlan(afmt.name, max(float(X.abs().max()), 1e-12) / afmt.max, smooth=smooth)
-        Wq = torch.cat([_dequant(w, p) for w, p in zip(Ws, w_plans)])
-        if act_plan is not None and aspec is not None and aspec.preshift:
-            afmt = formats.get(act_plan.fmt)
-            _, k = preshift_exponents(st.channel_absmax, afmt)
-            found = search_preshift_rho(W, X, k, afmt, Wq, channel_max=st.channel_absmax, grid=recipe.search.grid,
-                                        points=recipe.search.points, stride=recipe.search.stride)
-            act_plan = ActivationPlan(afmt.name, float(afmt.scale_for_bias(found.rho)), shift=k.to(torch.int32))
+            Wq = torch.cat([_dequant(w, p) for w, p in zip(Ws, w_plans)])
+            if act_plan is not None and preshift is not None:
+                afmt = float_format(act_plan.fmt)
+                _, k = preshift_exponents(st.channel_absmax, afmt)
+                found = search_preshift_rho(W, X, k, afmt, Wq, channel_max=st.channel_absmax,
+                                            grid=recipe.search.grid, points=recipe.search.points,
+                                            stride=recipe.search.stride)
+                act_plan = ActivationPlan(afmt.name, float(afmt.scale_for_bias(found.rho)), shift=k)
+            if act_plan is not None:
+                Xq = _quantize_input(X, act_plan)
         if act_plan is not None:
-            f = formats.get(act_plan.fmt)
-            c = torch.ones(X.shape[1]) if act_plan.shift is None else torch.exp2(act_plan.shift.float())
-            Xq = f.quantize(X * c, act_plan.scale) / c
             activations[input_name] = act_plan
         error = _rel_error(X, W, Xq, Wq)
         seconds = time.perf_counter() - start

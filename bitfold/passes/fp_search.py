@@ -32,10 +32,13 @@ step: with ``Δ_c = Q(X; c) − X`` and ``E = X Dᵀ``,
 
     ‖Xq Wqᵀ − X Wᵀ‖² = ‖Δ_c Wqᵀ + E‖² = ⟨Δ_c A, Δ_c⟩ + 2⟨Δ_c, E Wq⟩ + ‖E‖²,   A = WqᵀWq
 
-(``Δ_c Wqᵀ`` directly when ``N ≤ K``), cost ``T·K·min(N, K)``. Candidates are screened on
-``screen_tokens`` rows (weights only when ``min(T, K)`` exceeds it, as for FC2's ``K = 4·d``)
-and the winners confirmed on all rows. Every term is error-sized, so float32
-loses nothing to cancellation. Values are quantized in blocks of ``chunk_elements`` (bounded
+(``Δ_c Wqᵀ`` directly when ``N ≤ K``), cost ``T·K·min(N, K)``. Activation candidates are
+screened on ``screen_tokens`` rows and the winner confirmed on all rows. Every term is
+error-sized, so float32 loses nothing to cancellation. By default (``exact_top``) the quadratic
+terms are first replaced by their diagonals, ``Σ_j G_jj d_j²`` and ``Σ_tj A_jj Δ_tj²``: the
+quantization errors of different inputs are nearly uncorrelated, so this ranks candidates
+almost as the exact error does at the cost of quantizing them; only the few best candidates
+per channel (and the current one) then pay for the exact GEMM. Values are quantized in blocks of ``chunk_elements`` (bounded
 memory, and cache-resident temporaries). The grid is searched coarse to fine when
 ``stride > 1``: every ``stride``-th point, then finer steps within ``stride − 1`` points of each
 channel's best (:func:`grid_search`); ``stride=1`` is the paper's exhaustive search. A bias step
@@ -138,15 +141,33 @@ def grid_search(
     extras: torch.Tensor,
     evaluate: Callable[[torch.Tensor], torch.Tensor],
     stride: int,
+    exact: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    keep: int = 3,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per column, the candidate of least error and that error.
 
     ``grid`` [k, C] holds each column's ordered candidates, ``extras`` [e, C] more candidates
-    (listed first, so they win ties); ``evaluate`` maps [n, C] biases to [n, C] errors. With
-    ``stride > 1`` only every ``stride``-th grid point (and the last) is evaluated; then,
-    around each column's best grid point so far, the points at multiples of a step about a
-    third of the remaining window, down to step 1 (stride 9: 12 + 4 + 4 points, not 100).
+    (listed first, so they win ties; ``extras[0]`` is the current choice); ``evaluate`` maps
+    [n, C] biases to [n, C] errors. With ``stride > 1`` only every ``stride``-th grid point
+    (and the last) is evaluated; then, around each column's best grid point so far, the
+    points at multiples of a step about a third of the remaining window, down to step 1
+    (stride 9: 12 + 4 + 4 points, not 100). With ``exact``, ``evaluate`` is a cheap proxy:
+    each column's ``keep`` best candidates by the proxy and ``extras[0]`` are evaluated with
+    ``exact``, which picks the winner, and the errors returned are exact ones.
     """
+    candidates, errors = _evaluate_grid(grid, extras, evaluate, stride)
+    if exact is not None:
+        order = errors.argsort(dim=0, stable=True)[:keep]
+        candidates = torch.cat([extras[:1], candidates.gather(0, order)])
+        errors = exact(candidates)
+    best = errors.argmin(0, keepdim=True)
+    return candidates.gather(0, best)[0], errors.gather(0, best)[0]
+
+
+def _evaluate_grid(
+    grid: torch.Tensor, extras: torch.Tensor, evaluate: Callable[[torch.Tensor], torch.Tensor], stride: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every candidate :func:`grid_search` evaluates, [n, C], and its error, [n, C]."""
     k, e = grid.shape[0], extras.shape[0]
     coarse = torch.arange(0, k, stride)
     if int(coarse[-1]) != k - 1:
@@ -168,8 +189,7 @@ def grid_search(
         center = torch.where(better, index.gather(0, at[None])[0], center)
         grid_error = torch.minimum(fine_error, grid_error)
         window = step - 1
-    best = errors.argmin(0, keepdim=True)
-    return candidates.gather(0, best)[0], errors.gather(0, best)[0]
+    return candidates, errors
 
 
 def _blocks(candidates: int, rows: int, width: int, budget: int) -> Iterator[Tuple[slice, int, int]]:
@@ -195,18 +215,19 @@ class WeightObjective:
 
     The activation is held at ``Xq``. Calling it with ``(fmt, biases)``, ``biases`` [n, N],
     gives the [n, N] errors: candidate ``i`` of every channel in one batched computation.
-    ``use_gram`` picks ``d ↦ dᵀGd`` (cost ``K²`` per channel, after ``T·K²`` to build ``G``)
-    or ``d ↦ ‖Xq d‖²`` (cost ``T·K``); by default the first when ``T > K``.
+    The quadratic term is ``dᵀGd`` (cost ``K²`` per channel, after ``T·K²`` to build ``G``)
+    when ``T > K``, else ``‖Xq d‖²`` (cost ``T·K``). :meth:`proxy`
+    keeps only the diagonal of ``G`` (``Σ_j G_jj d_j²``, cost ``K``): quantization errors of
+    different inputs are nearly uncorrelated, so it ranks candidates almost as the exact
+    error does, for the price of quantizing them.
     """
 
-    def __init__(
-        self, W: torch.Tensor, X: torch.Tensor, Xq: torch.Tensor, chunk_elements: int = 1 << 18,
-        use_gram: Optional[bool] = None,
-    ) -> None:
+    def __init__(self, W: torch.Tensor, X: torch.Tensor, Xq: torch.Tensor, chunk_elements: int = 1 << 18) -> None:
         self.W = W
         (N, K), T = W.shape, X.shape[0]
         delta = Xq - X
-        self.use_gram = T > K if use_gram is None else use_gram
+        self.diag = Xq.square().sum(0)
+        self.use_gram = T > K
         self.factor = Xq.T @ Xq if self.use_gram else Xq.T
         if T * K + N * K < N * T:  # through K×K products, else through [N, T] ones
             self.cross = W @ (delta.T @ Xq)
@@ -218,15 +239,26 @@ class WeightObjective:
         self.chunk_elements = chunk_elements
 
     def __call__(self, fmt: FloatFormat, biases: torch.Tensor) -> torch.Tensor:
+        return self._errors(fmt, biases, self._quadratic)
+
+    def proxy(self, fmt: FloatFormat, biases: torch.Tensor) -> torch.Tensor:
+        """The errors with ``G`` replaced by its diagonal (see the class docstring)."""
+        return self._errors(fmt, biases, lambda D: (D.square() * self.diag).sum(-1))
+
+    def _quadratic(self, D: torch.Tensor) -> torch.Tensor:
+        P = D @ self.factor
+        return (P * D).sum(-1) if self.use_gram else P.square().sum(-1)
+
+    def _errors(
+        self, fmt: FloatFormat, biases: torch.Tensor, quadratic: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         N, K = self.W.shape
         errors = torch.empty(biases.shape, dtype=torch.float32)
         for c, n, m in _blocks(biases.shape[0], N, K, self.chunk_elements):
             W = self.W[n:m]
             scale = fmt.scale_for_bias(biases[c, n:m]).unsqueeze(-1)
-            D = fmt.quantize(W.expand(scale.shape[0], m - n, K), scale) - W
-            P = D @ self.factor
-            quad = (P * D).sum(-1) if self.use_gram else P.square().sum(-1)
-            errors[c, n:m] = quad + 2 * (D * self.cross[n:m]).sum(-1) + self.const[n:m]
+            D = fmt.quantize(W.expand(scale.shape[0], m - n, K), scale, validate=False) - W
+            errors[c, n:m] = quadratic(D) + 2 * (D * self.cross[n:m]).sum(-1) + self.const[n:m]
         return errors
 
 
@@ -236,7 +268,8 @@ class ActObjective:
     ``Wq`` is the quantized weight, held fixed. The activation quantized is ``Xs`` (default
     ``X``) and the weight it meets is ``Weff`` (default ``Wq``), with ``Xs Weffᵀ = X Wqᵀ``
     (pre-shifted: ``Xs = X·2^k``, ``Weff = Wq·2^−k``), so ``E = X (Wq − W)ᵀ`` is the error
-    of the weight alone. Calling it with ``(fmt, biases)`` gives one error per bias.
+    of the weight alone. Calling it with ``(fmt, biases)`` gives one error per bias;
+    :meth:`proxy` keeps only the diagonal of ``A = WeffᵀWeff`` (as ``WeightObjective.proxy``).
     """
 
     def __init__(
@@ -247,6 +280,7 @@ class ActObjective:
         Weff = Wq if Weff is None else Weff
         N, K = W.shape
         D = Wq - W
+        self.diag = Weff.square().sum(0)
         self.use_gram = N > K
         if self.use_gram:
             self.factor = Weff.T @ Weff
@@ -269,16 +303,27 @@ class ActObjective:
         return sub
 
     def __call__(self, fmt: FloatFormat, biases: torch.Tensor) -> torch.Tensor:
+        return self._errors(fmt, biases, self._quadratic)
+
+    def proxy(self, fmt: FloatFormat, biases: torch.Tensor) -> torch.Tensor:
+        """The errors with ``A`` replaced by its diagonal."""
+        return self._errors(fmt, biases, lambda delta: (delta.square() * self.diag).sum((1, 2)))
+
+    def _quadratic(self, delta: torch.Tensor) -> torch.Tensor:
+        P = delta @ self.factor
+        return (P * delta).sum((1, 2)) if self.use_gram else P.square().sum((1, 2))
+
+    def _errors(
+        self, fmt: FloatFormat, biases: torch.Tensor, quadratic: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         T, K = self.Xs.shape
         flat = biases.reshape(-1)
         errors = torch.full(flat.shape, float(self.const.double().sum()), dtype=torch.float64)
         for c, n, m in _blocks(flat.numel(), T, K, self.chunk_elements):
             Xs = self.Xs[n:m]
             scale = fmt.scale_for_bias(flat[c]).reshape(-1, 1, 1)
-            delta = fmt.quantize(Xs.expand(scale.shape[0], m - n, K), scale) - Xs
-            P = delta @ self.factor
-            quad = (P * delta).sum((1, 2)) if self.use_gram else P.square().sum((1, 2))
-            errors[c] += (quad + 2 * (delta * self.cross[n:m]).sum((1, 2))).double()
+            delta = fmt.quantize(Xs.expand(scale.shape[0], m - n, K), scale, validate=False) - Xs
+            errors[c] += (quadratic(delta) + 2 * (delta * self.cross[n:m]).sum((1, 2))).double()
         return errors.reshape(biases.shape)
 
 
@@ -289,29 +334,25 @@ def search_weight_bias(
     grid: str = "bias",
     k: int = 100,
     stride: int = 9,
-    screen: Optional[WeightObjective] = None,
+    exact_top: Optional[int] = 3,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per output channel, the bias of least output error, and that error ([N] each).
 
     The candidates are ``k`` grid points from the channel's max, its MinMax bias and its
-    ``current`` bias [N] (which wins ties, so the error never rises). With ``screen`` (the
-    same objective on a subset of the rows) the grid is searched on ``screen`` and each
-    channel's winner replaces its current bias only if ``objective`` says it is better.
+    ``current`` bias [N] (which wins ties, so the error never rises). With ``exact_top`` the
+    grid is ranked by :meth:`WeightObjective.proxy` and only each channel's ``exact_top``
+    best and its current bias get the exact error; ``None`` evaluates every candidate exactly.
     """
     w_max = objective.W.abs().amax(1).double().clamp_min(_TINY)
-    current = current.to(torch.float64)
-    extras = torch.stack([current, fmt.bias_for_max(w_max)])
+    extras = torch.stack([current.to(torch.float64), fmt.bias_for_max(w_max)])
     candidates = bias_candidates(fmt, w_max, grid, k)
-    if screen is None:
-        return grid_search(candidates, extras, lambda b: objective(fmt, b), stride)
-    best, _ = grid_search(candidates, extras, lambda b: screen(fmt, b), stride)
-    finalists = torch.stack([current, best])
-    errors = objective(fmt, finalists)
-    pick = errors.argmin(0, keepdim=True)
-    return finalists.gather(0, pick)[0], errors.gather(0, pick)[0]
+    exact = lambda b: objective(fmt, b)  # noqa: E731
+    if exact_top is None:
+        return grid_search(candidates, extras, exact, stride)
+    return grid_search(candidates, extras, lambda b: objective.proxy(fmt, b), stride, exact, exact_top)
 
 
-def _screen_rows(T: int, screen_tokens: Optional[int]) -> Optional[torch.Tensor]:
+def sample_rows(T: int, screen_tokens: Optional[int]) -> Optional[torch.Tensor]:
     """A fixed random subset of ``screen_tokens`` of ``T`` rows, or ``None`` for all of them."""
     if screen_tokens is None or T <= screen_tokens:
         return None
@@ -326,17 +367,25 @@ def search_act_bias(
     current_error: Optional[float] = None,
     screen_tokens: Optional[int] = 512,
     stride: int = 9,
+    exact_top: Optional[int] = 3,
 ) -> Tuple[torch.Tensor, float]:
     """The per-tensor activation bias among ``grid`` [k] and ``extras`` [e] of least output error.
 
     ``extras[0]`` is the current bias, of summed error ``current_error`` when known.
     Candidates are screened on ``screen_tokens`` rows drawn with a fixed seed (``None``: all
-    rows); the winner replaces the current bias only if it is better on all rows. Returns the
-    bias ([1] float64) and its summed squared output error over all rows.
+    rows), ranked by :meth:`ActObjective.proxy` when ``exact_top`` is set (the ``exact_top``
+    best then get the exact error on those rows); the winner replaces the current bias only
+    if it is better on all rows. Returns the bias ([1] float64) and its summed squared output
+    error over all rows.
     """
-    rows = _screen_rows(objective.Xs.shape[0], screen_tokens)
+    rows = sample_rows(objective.Xs.shape[0], screen_tokens)
     screen = objective.rows(rows)
-    best, error = grid_search(grid[:, None], extras[:, None], lambda b: screen(fmt, b), stride)
+    exact = lambda b: screen(fmt, b)  # noqa: E731
+    if exact_top is None:
+        best, error = grid_search(grid[:, None], extras[:, None], exact, stride)
+    else:
+        proxy = lambda b: screen.proxy(fmt, b)  # noqa: E731
+        best, error = grid_search(grid[:, None], extras[:, None], proxy, stride, exact, exact_top)
     current = extras[:1]
     if rows is None:
         return best, float(error)
@@ -346,6 +395,58 @@ def search_act_bias(
         current_error = float(objective(fmt, current))
     best_error = float(objective(fmt, best))
     return (best, best_error) if best_error < current_error else (current, current_error)
+
+
+def weight_format_step(
+    objective: WeightObjective, fmts: Sequence[FloatFormat], current: int, bias: torch.Tensor, error: float
+) -> Tuple[int, torch.Tensor, float]:
+    """Try every format other than ``fmts[current]``; return ``(format index, biases, error)``.
+
+    Each format is tried at two biases per channel, the current range re-expressed in it and
+    its own MinMax bias (the better of the two per channel); a format wins only if its summed
+    error is below ``error`` (that of the current choice), else the current choice comes back.
+    """
+    w_range = max_for_bias(fmts[current], bias)
+    w_max = objective.W.abs().amax(1).double().clamp_min(_TINY)
+    for i, f in enumerate(fmts):
+        if i == current:
+            continue
+        options = torch.stack([f.bias_for_max(w_range), f.bias_for_max(w_max)])
+        errors = objective(f, options)
+        pick = errors.argmin(0, keepdim=True)
+        total = float(errors.gather(0, pick).double().sum())
+        if total < error:
+            current, bias, error = i, options.gather(0, pick)[0], total
+    return current, bias, error
+
+
+def refine_weights(
+    W: torch.Tensor,
+    X: torch.Tensor,
+    Xq: torch.Tensor,
+    weight_formats: Sequence[str],
+    weight_format: str,
+    weight_bias: torch.Tensor,
+    grid: str = "clip",
+    k: int = 100,
+    stride: int = 9,
+    exact_top: Optional[int] = 3,
+) -> Tuple[str, torch.Tensor, float]:
+    """One weight-bias step and one weight-format step against a fixed quantized input ``Xq``.
+
+    For a weight first searched against another activation quantization (e.g. before the
+    activation got its pre-shift): returns ``(format, biases [N], output MSE)``, never worse
+    than ``(weight_format, weight_bias)``.
+    """
+    W, X = _check_layer(W, X)
+    fmts = [float_format(n) for n in weight_formats]
+    if weight_format not in weight_formats:
+        raise ValueError(f"weight_format {weight_format!r} is not among {list(weight_formats)}")
+    wi = list(weight_formats).index(weight_format)
+    objective = WeightObjective(W, X, Xq.detach().to(torch.float32))
+    bias, errors = search_weight_bias(objective, fmts[wi], weight_bias, grid, k, stride, exact_top)
+    wi, bias, error = weight_format_step(objective, fmts, wi, bias, float(errors.double().sum()))
+    return weight_formats[wi], bias, error / float(X.shape[0] * W.shape[0])
 
 
 class _Cached(Generic[V]):
@@ -421,6 +522,7 @@ def search_layer(
     screen_tokens: Optional[int] = 512,
     stride: int = 9,
     chunk_elements: int = 1 << 18,
+    exact_top: Optional[int] = 3,
 ) -> LayerSearchResult:
     """Search the formats and exponent biases of ``W`` [N, K] and of its input ``X`` [T, K].
 
@@ -429,9 +531,10 @@ def search_layer(
     ``act_max`` is the activation range for that start and for the grid (default ``max |X|``;
     pass the calibration absmax, since ``X`` is a sample). ``k`` is the number of grid points,
     ``stride`` the coarse-to-fine step (1: exhaustive), ``screen_tokens`` the rows that screen
-    activation candidates, and weight candidates when ``min(T, K)`` exceeds it (the winners
-    are confirmed on all rows; see :func:`search_act_bias`, :func:`search_weight_bias`;
-    ``None``: no screening), ``chunk_elements`` the most values quantized at once.
+    activation candidates (the winner is confirmed on all rows; ``None``: no screening),
+    ``chunk_elements`` the most values quantized at once, and ``exact_top`` how many of the
+    candidates ranked by the diagonal proxies get the exact error (``None``: all of them, as
+    the paper's search does; see :func:`search_weight_bias`, :func:`search_act_bias`).
     """
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
@@ -455,15 +558,10 @@ def search_layer(
     a_range = a_range.clamp_min(_TINY)
     a_bias = a_fmt[0].bias_for_max(a_range).reshape(1) if quant_act else torch.zeros(1, dtype=torch.float64)
     Xq = quantize_tensor(a_fmt[0], X, a_bias) if quant_act else X
-    screen_rows = _screen_rows(T, screen_tokens)
-    # A weight candidate costs N·K·min(T, K); screening pays off only when min(T, K) is large.
-    w_rows = screen_rows if min(T, W.shape[1]) > (screen_tokens or T) else None
+    screen_rows = sample_rows(T, screen_tokens)
     # Versions count changes of Wq and Xq; each objective depends on the other side only.
     w_version = a_version = 0
-    weight_objective = _Cached(
-        lambda: WeightObjective(W, X, Xq, chunk_elements, use_gram=None if w_rows is None else False)
-    )
-    weight_screen = _Cached(lambda: None if w_rows is None else WeightObjective(W, X[w_rows], Xq[w_rows], chunk_elements))
+    weight_objective = _Cached(lambda: WeightObjective(W, X, Xq, chunk_elements))
     act_objective = _Cached(lambda: ActObjective(W, Wq, X, chunk_elements=chunk_elements))
 
     # Invariant: ``error`` is the summed output error of the current (Wq, Xq).
@@ -474,9 +572,7 @@ def search_layer(
     for r in range(1, rounds + 1):
         if w_done != (a_version, w_version):
             fmt = w_fmt[wi]
-            best, errors = search_weight_bias(
-                weight_objective.get(a_version), fmt, w_bias, grid, k, stride, weight_screen.get(a_version)
-            )
+            best, errors = search_weight_bias(weight_objective.get(a_version), fmt, w_bias, grid, k, stride, exact_top)
             if not torch.equal(best, w_bias):
                 w_bias, w_version = best, w_version + 1
                 Wq = quantize_rows(fmt, W, w_bias)
@@ -490,7 +586,7 @@ def search_layer(
                 extras = torch.cat([a_bias, fmt.bias_for_max(a_range)[None]])
                 best, error = search_act_bias(
                     act_objective.get(w_version), fmt, bias_candidates(fmt, a_range, grid, k), extras, error,
-                    screen_tokens, stride,
+                    screen_tokens, stride, exact_top,
                 )
                 if not torch.equal(best, a_bias):
                     a_bias, a_version = best, a_version + 1
@@ -499,20 +595,9 @@ def search_layer(
             history.append((f"round {r}: act bias", error / norm))
 
         if len(w_fmt) > 1:
-            objective = weight_objective.get(a_version)
-            w_range = max_for_bias(w_fmt[wi], w_bias)
-            choice: Optional[Tuple[int, torch.Tensor]] = None
-            for i, f in enumerate(w_fmt):
-                if i == wi:
-                    continue
-                options = torch.stack([f.bias_for_max(w_range), f.bias_for_max(w_max)])
-                errors = objective(f, options)
-                pick = errors.argmin(0, keepdim=True)
-                total = float(errors.gather(0, pick).double().sum())
-                if total < error:
-                    choice, error = (i, options.gather(0, pick)[0]), total
-            if choice is not None:
-                (wi, w_bias), w_version = choice, w_version + 1
+            chosen, w_bias, error = weight_format_step(weight_objective.get(a_version), w_fmt, wi, w_bias, error)
+            if chosen != wi:
+                wi, w_version = chosen, w_version + 1
                 Wq = quantize_rows(w_fmt[wi], W, w_bias)
             history.append((f"round {r}: weight format", error / norm))
 

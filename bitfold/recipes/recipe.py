@@ -38,7 +38,19 @@ class TensorSpec:
     group_size: Optional[int] = None
     method: str = "minmax"                # minmax | search
     symmetric: bool = True                # int only: False = min/max with a zero point
-    preshift: bool = False                # activations only: LLM-FP4 pre-shifted exponent bias
+    # activations only, LLM-FP4's pre-shifted exponent bias: false | "search" (per-channel
+    # shifts chosen by error, the format searched after shifting; ``true`` means this) |
+    # "paper" (shifts from channel maxima, clipped to [0, 2^E - 1], the format of the FPQ search)
+    preshift: Union[bool, str] = False
+    # where the compensating 2^-k goes: "quantized" (the quantized weight's columns, exactly,
+    # as the paper does) or "float" (W's columns before quantizing W)
+    shift_weights: str = "quantized"
+
+    def preshift_mode(self) -> Optional[str]:
+        """``None``, ``"search"`` or ``"paper"`` (``preshift: true`` is ``"search"``)."""
+        if self.preshift is False or self.preshift == "none":
+            return None
+        return "search" if self.preshift is True else str(self.preshift)
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,13 @@ def _validate(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: activations are quantized per tensor; granularity must be 'tensor'")
     if recipe.weights.preshift:
         raise RecipeError(f"{where}: preshift applies to activations, not weights")
+    acts = recipe.activations
+    if acts is not None and acts.preshift_mode() not in (None, "search", "paper"):
+        raise RecipeError(f"{where}: activations.preshift must be false, true, search or paper, not {acts.preshift!r}")
+    if acts is not None and acts.shift_weights not in ("quantized", "float"):
+        raise RecipeError(f"{where}: activations.shift_weights must be quantized or float, not {acts.shift_weights!r}")
+    if acts is not None and acts.preshift_mode() is not None and (acts.kind != "fp" or recipe.smoothquant_alpha):
+        raise RecipeError(f"{where}: preshift needs fp activations and no smoothquant_alpha")
     if recipe.search.grid not in ("clip", "bias"):
         raise RecipeError(f"{where}: search.grid must be clip or bias, not {recipe.search.grid!r}")
     bad = sorted(set(recipe.layers) - {"linear", "act_matmul", "embedding", "conv"})

@@ -223,19 +223,44 @@ def test_search_history_is_monotone_and_matches_a_direct_evaluation(grid):
 
 
 def test_screened_search_reports_and_keeps_the_error_on_all_rows():
-    """With K and T above ``screen_tokens`` both steps screen on a subset and confirm on all rows."""
+    """Row screening and proxy ranking still report exact errors over all rows and never rise."""
     W, X = outlier_layer(40, 96, 300, seed=4)
     res = search_layer(W, X, 4, 4, screen_tokens=64)
     values = [m for _, m in res.history]
     assert all(b <= a * (1 + 1e-5) for a, b in zip(values, values[1:]))
     assert res.mse == pytest.approx(output_mse(res.quantize_act(X), res.quantize_weight(W), X, W), rel=1e-4)
-    assert res.mse <= 1.1 * search_layer(W, X, 4, 4, screen_tokens=None).mse
+    assert res.mse <= 1.1 * search_layer(W, X, 4, 4, screen_tokens=None, exact_top=None).mse
     objective = WeightObjective(W, X, X)
     current = E2M1.bias_for_max(W.abs().amax(1).double()) + 0.4
-    screen = WeightObjective(W, X[:16], X[:16])
-    best, errors = search_weight_bias(objective, E2M1, current, screen=screen)
+    best, errors = search_weight_bias(objective, E2M1, current, exact_top=2)
     assert bool((errors <= objective(E2M1, current[None])[0]).all())
     torch.testing.assert_close(errors, objective(E2M1, best[None])[0])
+
+
+def test_proxies_keep_the_diagonal_of_the_quadratic_term():
+    """``proxy`` = exact error with off-diagonal products of quantization errors dropped."""
+    W, X = outlier_layer(12, 20, 50, seed=5)
+    Xq = quantize_tensor(E2M1, X, E2M1.bias_for_max(X.abs().max()))
+    biases = E2M1.bias_for_max(W.abs().amax(1).double())[None] + torch.tensor([[0.0], [0.7]], dtype=torch.float64)
+    D = torch.stack([quantize_rows(E2M1, W, b) - W for b in biases])             # [2, N, K]
+    h = Xq.square().sum(0)
+    expected = (D.square() * h).sum(-1) + 2 * (D * (W @ ((Xq - X).T @ Xq))).sum(-1) + (X @ W.T - Xq @ W.T).square().sum(0)
+    torch.testing.assert_close(WeightObjective(W, X, Xq).proxy(E2M1, biases), expected.float(), rtol=1e-4, atol=1e-4)
+    Wq = quantize_rows(E2M1, W, biases[0])
+    act = ActObjective(W, Wq, X)
+    b = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    deltas = [quantize_tensor(E2M1, X, v) - X for v in b]
+    a = Wq.square().sum(0)
+    E = X @ (Wq - W).T
+    expected = torch.stack([(dl.square() * a).sum() + 2 * (dl * (E @ Wq)).sum() + E.square().sum() for dl in deltas])
+    torch.testing.assert_close(act.proxy(E2M1, b), expected.double(), rtol=1e-4, atol=1e-4)
+
+
+def test_proxy_ranked_search_is_close_to_the_exact_search():
+    W, X = outlier_layer(48, 64, 400, seed=6)
+    fast = search_layer(W, X, 4, 4, grid="clip", stride=4)
+    exact = search_layer(W, X, 4, 4, grid="clip", stride=4, exact_top=None)
+    assert fast.mse <= 1.05 * exact.mse
 
 
 def test_coarse_to_fine_is_close_to_exhaustive():

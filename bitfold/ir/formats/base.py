@@ -87,19 +87,24 @@ class Format(abc.ABC):
         group_size: Optional[int] = None,
         zero_point: Optional[Scale] = None,
         name: str = "input",
+        validate: bool = True,
     ) -> torch.Tensor:
         """Fake-quantize: ``round_to_grid(x / scale) * scale``, in ``x``'s dtype.
 
         ``scale`` is a scalar, per channel along ``axis``, or per group of ``group_size``
         along ``axis`` (see :mod:`bitfold.ir.formats._layout`). ``name`` labels ``x`` in errors.
+        ``validate=False`` skips the NaN/Inf checks of ``x`` and ``scale``: for inner loops
+        (searches) that checked their inputs once and call this thousands of times.
         """
         x = torch.as_tensor(x)
-        check_finite(x, name, self.name)
+        if validate:
+            check_finite(x, name, self.name)
         self._check_zero_point(zero_point)
         x32 = x.to(torch.float32)
 
         def fn(v: torch.Tensor, s: torch.Tensor, zp: Optional[torch.Tensor]) -> torch.Tensor:
-            check_positive_finite(s)
+            if validate:
+                check_positive_finite(s)
             return self._round(v / s, zp) * s
 
         return apply_scaled(fn, x32, scale, axis, group_size, zero_point).to(x.dtype)
