@@ -30,8 +30,8 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "inspect", "show a model's layers, what stays float and why, or a quantized model's choices",
-                    __doc__, EXAMPLES)
+    p = add_command(subparsers, "inspect",
+                    "show a model's layers, what stays float and why, or a quantized model's choices", __doc__, EXAMPLES)
     p.add_argument("target", metavar="MODEL_OR_DIR", help=f"{MODEL_HELP}; or an OUT_DIR of `bitfold quantize`")
     p.add_argument("-r", "--recipe", metavar="NAME|FILE.yaml", help="also show which linears this recipe quantizes")
     p.add_argument("-c", "--calib", metavar="DATA",

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny models, calibration folders, and OUT_DIRs quantized once per session."""
 
-import subprocess
-import sys
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +72,11 @@ def mlp_w4a4(tmp_path_factory, mlp_data) -> Path:
 
 @pytest.fixture(scope="session")
 def outside_quantized(tmp_path_factory, outside_onnx, onnx_data):
-    """The ONNX file from outside bitfold, quantized with w4a4-fp-minmax by the installed `bitfold` script."""
+    """The ONNX file from outside bitfold, quantized with w4a4-fp-minmax: (OUT_DIR, printed summary)."""
     out = tmp_path_factory.mktemp("outside") / "q"
-    script = Path(sys.executable).parent / "bitfold"
-    result = subprocess.run([str(script), "quantize", str(outside_onnx), "--recipe", "w4a4-fp-minmax",
-                             "--calib", str(onnx_data), "-o", str(out), "-q"], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    return out, result.stdout
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["quantize", str(outside_onnx), "--recipe", "w4a4-fp-minmax", "--calib", str(onnx_data),
+                     "-o", str(out), "-q"])
+    assert code == 0
+    return out, printed.getvalue()

@@ -2,6 +2,7 @@
 the PyTorch simulation (the ONNX file also on inputs of another shape than the saved example)."""
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -54,3 +55,20 @@ def test_backend_errors_are_one_line(capsys, tmp_path, outside_quantized):
     assert code == 1 and "not a quantized model" in err
     code, _, err = run_cli(capsys, "export", tmp_path / "missing", "--onnx", tmp_path / "m.onnx")
     assert code == 1 and "no such directory" in err
+
+
+def test_compile_for_a_gpu_this_machine_lacks_is_written_but_not_run(capsys, tmp_path, monkeypatch,
+                                                                      outside_quantized):
+    """A CUDA build on a machine without a GPU: exported, and the check says it was not run."""
+    import bitfold.backends.tvm as tvm_backend
+
+    exported = []
+    # Not callable: running it would fail the command.
+    build = SimpleNamespace(device=SimpleNamespace(exist=False),
+                            target=SimpleNamespace(kind=SimpleNamespace(name="cuda")),
+                            export=lambda path, overwrite=False: exported.append(path))
+    monkeypatch.setattr(tvm_backend, "compile", lambda *args, **kwargs: build)
+    directory, _ = outside_quantized
+    code, out, err = run_cli(capsys, "compile", directory, "--target", "cuda", "-o", tmp_path / "c")
+    assert code == 0, err
+    assert exported == [tmp_path / "c"] and "not checked: this machine has no cuda device" in out

@@ -1,5 +1,9 @@
 """Every subcommand has --help with examples; usage errors are one line, never a traceback."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bitfold.cli.main import COMMANDS, build_parser, main
@@ -35,6 +39,25 @@ def test_top_level_help_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("bitfold ")
+
+
+def test_installed_entry_point_runs_the_cli():
+    """The `bitfold` script that `pip install` puts next to this Python runs bitfold.cli.main."""
+    script = Path(sys.executable).parent / "bitfold"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: bitfold") and all(name in result.stdout for name in NAMES)
+    result = subprocess.run([str(script), "bench", "nope"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("bitfold bench: error: unknown benchmark 'nope'")
+
+
+def test_help_is_plain_text(capsys):
+    """Docstrings become --help text without Sphinx markup (:func:`…`, ``literals``)."""
+    for command in NAMES:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "``" not in out and ":func:" not in out and ":class:" not in out, command
 
 
 def test_missing_required_option_is_a_usage_error(capsys):

@@ -38,9 +38,8 @@ def test_summary_table(capsys, mlp_data, tmp_path):
     assert all(name in rows for name in ("fc1.weight", "fc2.weight", "head.weight"))
 
 
-@pytest.mark.slow
-def test_outside_onnx_through_the_entry_point(outside_quantized):
-    """An ONNX file written by torch.onnx.export of a model bitfold never saw, via the installed script."""
+def test_outside_onnx_is_quantized(outside_quantized):
+    """An ONNX file written by torch.onnx.export of a model bitfold never saw."""
     out, stdout = outside_quantized
     assert "quantized layers  4 linear: 4 × e2m1/channel" in stdout
     q = QuantizedModel.load(out)

@@ -65,7 +65,8 @@ def test_report_renders_in_headless_chromium(capsys, tmp_path, mlp_w8a8, mlp_w4a
 def test_accuracy_table_and_its_errors(capsys, tmp_path, mlp_w8a8):
     good = tmp_path / "acc.json"
     good.write_text(json.dumps({"metric": "top-1 agreement", "results": {"fp32": 1.0, "w8a8-int": 0.98}}))
-    code, _, _ = run_cli(capsys, "report", mlp_w8a8, "--accuracy", good, "-o", tmp_path / "r.html", "-q")
+    code, _, _ = run_cli(capsys, "report", mlp_w8a8, "--accuracy", good, "-o", tmp_path / "r.html", "-q",
+                         "--max-histograms", "0")
     assert code == 0 and 'alt="top-1 agreement per recipe"' in (tmp_path / "r.html").read_text()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"metric": "top-1", "results": {"fp32": "high"}}))
@@ -92,7 +93,7 @@ def test_analysis_computed_later_matches_the_saved_one(capsys, tmp_path, mlp_w8a
     code, _, err = run_cli(capsys, "report", bare, "-o", tmp_path / "r.html", "-q")
     assert code == 1 and "has no analysis.json" in err and "--model and --calib" in err
     code, out, _ = run_cli(capsys, "report", bare, "--model", FACTORY, "--calib", mlp_data,
-                           "-o", tmp_path / "r.html", "-q")
+                           "-o", tmp_path / "r.html", "-q", "--max-histograms", "0")
     assert code == 0
     saved = json.loads((mlp_w8a8 / "analysis.json").read_text())
     assert f"model output SQNR {saved['output']['sqnr_db']:.1f} dB" in out
