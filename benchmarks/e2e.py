@@ -180,7 +180,7 @@ def bench_model(name: str, args: argparse.Namespace, cache: Optional[Path]) -> L
         # example_inputs: a model loaded from --cache has no recorded input shapes.
         compiled = bitfold.compile(model, target, example_inputs=example)
         print(f"  compiled {system} in {time.perf_counter() - start:.0f} s", flush=True)
-        on_device = {phase: compiled._to_device(x) for phase, x in phases.items()}
+        on_device = {phase: compiled.device_inputs(*x) for phase, x in phases.items()}
         main, params = compiled.vm["main"], compiled.params
         add(system, lambda phase: main(*on_device[phase], *params), check)
 

@@ -87,11 +87,15 @@ class CompiledModel:
         """The weights on :attr:`device`, in the order ``main`` takes them (uploaded on first use)."""
         if self._device_params is None:
             self._device_params = [_on_device(p, self.device) for p in self._host_params]
+            if not is_gpu(self.target):  # host memory already: keep one copy of the weights
+                self._host_params = list(self._device_params)
         return self._device_params
 
     # ------------------------------------------------------------------ running
 
-    def _to_device(self, values: Sequence[Any]) -> List[tvm.runtime.Tensor]:
+    def device_inputs(self, *values: Any) -> List[tvm.runtime.Tensor]:
+        """``values`` (numpy arrays or torch tensors) checked against :attr:`inputs` and placed on
+        the device: what ``vm["main"](*inputs, *params)`` takes (for timing loops)."""
         if len(values) != len(self.inputs):
             raise TypeError(f"the compiled model takes {len(self.inputs)} inputs "
                             f"({', '.join(s.name for s in self.inputs)}), got {len(values)}")
@@ -109,7 +113,7 @@ class CompiledModel:
 
     def run(self, *inputs: Any) -> Union[np.ndarray, tuple]:
         """Run on numpy arrays or torch tensors; return numpy array(s)."""
-        result = self.vm["main"](*self._to_device(inputs), *self.params)
+        result = self.vm["main"](*self.device_inputs(*inputs), *self.params)
         if isinstance(result, tvm.runtime.Tensor):
             return result.numpy()
         return tuple(r.numpy() for r in result)
@@ -125,7 +129,7 @@ class CompiledModel:
 
     def time_evaluator(self, *inputs: Any, number: int = 10, repeat: int = 1) -> Any:
         """TVM's timer around ``main`` (inputs already on the device; no conversion in the loop)."""
-        args = self._to_device(inputs) + list(self.params)
+        args = self.device_inputs(*inputs) + list(self.params)
         return self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)(*args)
 
     # ------------------------------------------------------------------ export / load

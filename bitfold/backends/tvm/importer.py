@@ -15,7 +15,9 @@ lower itself:
 * ``bitfold::quantized_linear`` → a low-bit kernel from :mod:`bitfold.codegen` via ``call_tir``;
 * ``aten.linear`` / ``bitfold::fused_linear`` / ``bitfold::fused_conv2d`` → dense / conv with
   the weight laid out at import time and the bias and activation in the same fused kernel;
-* a few ATen overloads TVM's map lacks (``to.device``, ``where.ScalarOther``, ``rms_norm``).
+* ``bitfold::codebook_linear`` → the codebook kernel of :mod:`bitfold.codegen`;
+* the ATen overloads TVM's map lacks or gets wrong (:mod:`.lower_aten`); and where a TVM
+  converter returns another dtype than PyTorch recorded for the node, a cast restores it.
 
 Constants: ``get_attr`` tensors are materialised on first use. Small ones become Relax
 constants (embedded in the library); large ones (weights) become parameters of ``main``

@@ -39,6 +39,8 @@ LoopRV = s_tir.schedule.LoopRV
 
 #: Rows of the matmul micro-kernel tile: 2·MR accumulators + 2 B vectors + 1 broadcast ≤ 16 registers.
 MR = 6
+#: Bytes of ``B`` panels a row tile of ``A`` is reused over (half of a 512 KiB L2).
+GROUP_BYTES = 256 * 1024
 
 
 def vector_bits(target: Target) -> int:
@@ -268,6 +270,19 @@ def _pad_operands(sch: s_tir.Schedule, main: BlockRV, pad_i: int, pad_j: int, la
             schedule_injective(sch, pad, lanes)
 
 
+def _panels_per_group(panels: Optional[int], depth: Optional[int], nr: int) -> int:
+    """How many column panels one row tile visits before the next row tile.
+
+    A row tile of ``A`` (``MR × K``) is read once per group, the group's panels of ``B`` stay
+    in L2 (``GROUP_BYTES``): with one panel per group, a 128 × 1536 input was re-read from L3
+    for every panel and the 1536 → 384 layer did not speed up on a second thread at all.
+    """
+    if panels is None or depth is None:
+        return 1
+    budget = max(GROUP_BYTES // (depth * nr * 4), 1)
+    return max(g for g in range(1, min(budget, panels) + 1) if panels % g == 0)
+
+
 def _schedule_matmul(sch: s_tir.Schedule, main: BlockRV, lanes: int, form: MatmulForm) -> s_tir.Schedule:
     loops = sch.get_loops(main)
     rows, cols = static_extent(sch, loops[-3]), static_extent(sch, loops[-2])
@@ -285,8 +300,10 @@ def _schedule_matmul(sch: s_tir.Schedule, main: BlockRV, lanes: int, form: Matmu
     batch, i, j, k = loops[:-3], loops[-3], loops[-2], loops[-1]
     io, ii = sch.split(i, [None, mr], disable_predication=form.clamped_rows)
     jo, ji = sch.split(j, [None, nr])
-    sch.reorder(*batch, jo, io, k, ii, ji)
-    sch.reverse_compute_at(acc, io)
+    group = _panels_per_group(static_extent(sch, jo), static_extent(sch, k), nr)
+    jg, jp = sch.split(jo, [None, group])
+    sch.reorder(*batch, jg, io, jp, k, ii, ji)
+    sch.reverse_compute_at(acc, jp)
     # Epilogue: inline the elementwise chain into its last block(s), apply it on the hot tile.
     upstream = _upstream(sch, main)
     epilogue = [b for b in top_level_blocks(sch)
@@ -298,13 +315,13 @@ def _schedule_matmul(sch: s_tir.Schedule, main: BlockRV, lanes: int, form: Matmu
             continue
         if _attempt(sch.reverse_compute_inline, block):
             continue
-        if _attempt(sch.reverse_compute_at, block, io):
+        if _attempt(sch.reverse_compute_at, block, jp):
             vectorize_inner(sch, block, lanes)
     sch.vectorize(ji)
     if mr > 1:
         sch.unroll(ii)
     vectorize_inner(sch, acc, lanes)
-    parallelize(sch, [*batch, jo, io])
+    parallelize(sch, [*batch, jg, io])
     for block in top_level_blocks(sch):  # what is left at the top level: producers, unfused epilogues
         if _name(sch, block) != _name(sch, main) and not _has_parallel_loop(sch, block):
             schedule_injective(sch, block, lanes)
