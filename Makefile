@@ -37,7 +37,7 @@ test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 demo: setup
-	$(PY) examples/formats_demo.py
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) examples/demo.py
 
 bench: setup
 	$(PY) benchmarks/formats.py

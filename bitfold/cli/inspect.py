@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 from bitfold.cli.data import DATA_HELP, load_data
 from bitfold.cli.errors import CLIError
@@ -104,6 +104,19 @@ def _inspect_quantized(directory: Path) -> str:
     return "\n".join(lines)
 
 
+def _other_quantizable(gm) -> List[Tuple[str, str]]:
+    """(name, kind) of the quantizable layers that are not linears (convs, activation matmuls,
+    embeddings): every recipe leaves them float for now."""
+    from bitfold.ir.quantizable import classify
+
+    found = []
+    for node in gm.graph.nodes:
+        decision = classify(gm, node) if node.op == "call_function" else None
+        if decision is not None and decision.quantizable and decision.kind not in ("linear", "quantized"):
+            found.append((node.name, decision.kind))
+    return found
+
+
 def _inspect_model(args: argparse.Namespace) -> str:
     from bitfold.api.plan import select_layers
     from bitfold.ir import from_onnx, from_torch, summarize
@@ -128,8 +141,12 @@ def _inspect_model(args: argparse.Namespace) -> str:
 
         recipe = load_recipe(args.recipe)
         chosen, skipped = select_layers(gm, recipe)
-        lines += ["", f"recipe {recipe.name}: quantizes {len(chosen)} linear(s), keeps {len(skipped)} float"]
+        others = _other_quantizable(gm)
+        lines += ["", f"recipe {recipe.name}: quantizes {len(chosen)} linear(s), keeps {len(skipped)} float"
+                      + (f"; {len(others)} other quantizable layer(s) stay float" if others else "")]
         lines += [f"  float: {name}: {why}" for name, why in skipped.items()]
+        lines += [f"  float: {name} ({kind}): bitfold.quantize quantizes only linear layers today"
+                  for name, kind in others]
     return "\n".join(lines)
 
 
