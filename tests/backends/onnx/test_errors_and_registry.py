@@ -126,3 +126,21 @@ def test_explicit_names_and_dynamic_axes(tmp_path):
     assert (inp.name, out.name) == ("features", "relu")
     assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["rows", 4]
     assert np.array_equal(run(ort_session(path), [torch.ones(5, 4)])[0], np.ones((5, 4), np.float32))
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    from bitfold.backends.onnx import model_file
+
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous")
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model_file.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        model_file.save_atomically(model, path)
+    assert path.read_bytes() == b"previous" and os.listdir(tmp_path) == ["m.onnx"]

@@ -10,6 +10,7 @@ from bitfold.backends.onnx import ort_session, read_metadata
 from bitfold.backends.onnx.agreement import agreement
 from bitfold.backends.onnx.runtime import run
 from bitfold.ir import from_onnx
+from bitfold.ir.onnx_import import OnnxImportError
 
 
 def op_types(path):
@@ -73,10 +74,19 @@ def test_names_dynamic_axes_and_metadata(exported):
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def test_simulate_file_reimports_with_from_onnx(exported, tiny_inputs):
+def test_simulate_file_reimports_with_from_onnx(exported, tiny, tiny_inputs):
+    """``from_onnx(export_onnx(q))`` runs and matches both ONNX Runtime and the original simulation."""
     path = exported["simulate"]
     gm = from_onnx(path)
     with torch.no_grad():
         got = gm(tiny_inputs)[0]
-    result = agreement(got, run(ort_session(path), [tiny_inputs])[0])
-    assert result.max_rel < 1e-5 and result.argmax_match == 1.0, result
+    for reference in (run(ort_session(path), [tiny_inputs])[0], tiny(tiny_inputs)):
+        result = agreement(got, reference)
+        assert result.max_rel < 1e-5 and result.argmax_match == 1.0, result
+    assert sum(n.target == torch.ops.aten.round.default for n in gm.graph.nodes) >= 1  # quantizers came back
+
+
+def test_compressed_file_is_refused_by_from_onnx_naming_the_tensor(exported):
+    """4-bit initializers have no torch type: the importer names the tensor instead of guessing."""
+    with pytest.raises(OnnxImportError, match=r"tensor 'linear/weight_codes': element type UINT4"):
+        from_onnx(exported["compressed"])
