@@ -6,6 +6,8 @@ For a linear ``y = x Wᵀ + b`` with a plan, and an activation plan for its inpu
     xq = bitfold.fake_quantize(xs, fa, sa)     (per tensor)
     y  = bitfold.quantized_linear(xq, pack(Q_fw(W · s)), fw, N, K, sw, g, zw, k, b)
 
+(with a plan's ``values``, those are packed in place of ``W · s``: GPTQ-rounded weights).
+
 ``quantized_linear`` multiplies ``xq`` by ``2^-k`` (undoing the pre-shift exactly on the
 already-quantized activation), so the layer computes ``Q(x·2^k; ρ)·2^-k · Ŵᵀ = Q(x; ρ+k) Ŵᵀ``:
 the per-input-channel bias LLM-FP4 wants, with a per-tensor quantizer. SmoothQuant instead
@@ -50,6 +52,9 @@ class WeightPlan:
     scale: torch.Tensor
     group_size: Optional[int] = None
     zero_point: Optional[torch.Tensor] = None
+    #: The weight to pack in place of the layer's own (already on the grid; shape [N, K],
+    #: after any SmoothQuant scaling): error-compensated rounding (:mod:`bitfold.passes.gptq`).
+    values: Optional[torch.Tensor] = None
 
 
 class QuantizeLinears(Pass):
@@ -101,7 +106,12 @@ class QuantizeLinears(Pass):
             if weight is None:
                 raise PassError(f"quantize_linears: {node.name}'s weight is not a constant")
             act = self.activations.get(x.name)
-            if act is not None and act.smooth is not None:
+            if plan.values is not None:
+                if plan.values.shape != weight.shape:
+                    raise PassError(f"quantize_linears: {node.name}: planned values of shape {tuple(plan.values.shape)} "
+                                    f"for a weight of shape {tuple(weight.shape)}")
+                weight = plan.values
+            elif act is not None and act.smooth is not None:
                 weight = weight * act.smooth.to(weight.dtype)
             packed = ops.pack_weight(weight.float(), plan.fmt, plan.scale, plan.group_size, plan.zero_point,
                                      name=str(w_node.target))

@@ -45,6 +45,9 @@ class TensorSpec:
     # where the compensating 2^-k goes: "quantized" (the quantized weight's columns, exactly,
     # as the paper does) or "float" (W's columns before quantizing W)
     shift_weights: str = "quantized"
+    # weights only: "nearest", or "gptq" (error-compensated rounding on the chosen grid,
+    # against the quantized activation the layer sees; bitfold/passes/gptq.py)
+    rounding: str = "nearest"
 
     def preshift_mode(self) -> Optional[str]:
         """``None``, ``"search"`` or ``"paper"`` (``preshift: true`` is ``"search"``)."""
@@ -152,6 +155,12 @@ def _validate(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: activations.shift_weights must be quantized or float, not {acts.shift_weights!r}")
     if acts is not None and acts.preshift_mode() is not None and (acts.kind != "fp" or recipe.smoothquant_alpha):
         raise RecipeError(f"{where}: preshift needs fp activations and no smoothquant_alpha")
+    if recipe.weights.rounding not in ("nearest", "gptq"):
+        raise RecipeError(f"{where}: weights.rounding must be nearest or gptq, not {recipe.weights.rounding!r}")
+    if acts is not None and acts.rounding != "nearest":
+        raise RecipeError(f"{where}: rounding applies to weights; activations round to nearest")
+    if recipe.weights.rounding == "gptq" and acts is not None and acts.shift_weights == "float":
+        raise RecipeError(f"{where}: weights.rounding gptq does not combine with activations.shift_weights float")
     if recipe.search.grid not in ("clip", "bias"):
         raise RecipeError(f"{where}: search.grid must be clip or bias, not {recipe.search.grid!r}")
     bad = sorted(set(recipe.layers) - {"linear", "act_matmul", "embedding", "conv"})

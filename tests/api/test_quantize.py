@@ -6,6 +6,7 @@ from torch import nn
 
 import bitfold
 from bitfold.api import QuantizedModel
+from bitfold.ir import formats
 
 
 class Block(nn.Module):
@@ -82,3 +83,59 @@ def test_errors():
         bitfold.quantize(Block(), "w4a4-fp", [], progress=False)
     with pytest.raises(ValueError, match="unknown recipe"):
         bitfold.quantize(Block(), "w4a4-fq", _data(), progress=False)
+
+
+def _w4a4_fp(weights=None, activations=None):
+    import dataclasses
+
+    from bitfold.recipes import load_recipe
+
+    r = load_recipe("w4a4-fp")
+    return dataclasses.replace(
+        r, weights=dataclasses.replace(r.weights, **(weights or {})),
+        activations=dataclasses.replace(r.activations, **(activations or {})))
+
+
+def _quantized_linears(q):
+    return [n for n in q.graph_module.graph.nodes if n.target == torch.ops.bitfold.quantized_linear.default]
+
+
+def _unpacked_weights(q):
+    """Layer name → the float weight its quantized_linear holds."""
+    from bitfold.ir import ops
+
+    gm = q.graph_module
+    out = {}
+    for node in _quantized_linears(q):
+        packed, fmt, n_out, n_in, scale = node.args[1:6]
+        out[node.meta["bitfold_layer"]] = ops.unpack_weight(getattr(gm, packed.target), fmt, n_out, n_in,
+                                                            getattr(gm, scale.target))
+    return out
+
+
+def test_gptq_rounding_packs_the_planned_values():
+    """The graph holds GPTQ's rounding (not nearest rounding) on the grid the search chose."""
+    model, data = Block().eval(), _data()
+    gptq = bitfold.quantize(model, _w4a4_fp(), data, progress=False)
+    nearest = bitfold.quantize(model, _w4a4_fp(weights={"rounding": "nearest"}), data, progress=False)
+    moved, rounded = _unpacked_weights(gptq), _unpacked_weights(nearest)
+    assert moved.keys() == rounded.keys()
+    assert any(not torch.equal(moved[name], rounded[name]) for name in moved)
+    for a, b in zip(gptq.layers, nearest.layers):
+        assert (a.layer, a.weight_format, a.act_format, a.act_scale) == (b.layer, b.weight_format, b.act_format, b.act_scale)
+
+
+def test_paper_preshift_clips_shifts_to_the_format():
+    q = bitfold.quantize(Block().eval(), _w4a4_fp(activations={"preshift": "paper"}), _data(), progress=False)
+    for r in q.layers:
+        assert r.shift_range is not None
+        assert 0 <= r.shift_range[0] <= r.shift_range[1] <= 2 ** formats.get(r.act_format).exponent_bits - 1
+
+
+def test_float_shift_mode_moves_the_shift_into_the_weights():
+    recipe = _w4a4_fp(weights={"rounding": "nearest"}, activations={"shift_weights": "float"})
+    model, data = Block().eval(), _data()
+    q = bitfold.quantize(model, recipe, data, progress=False)
+    assert all(n.args[8] is None for n in _quantized_linears(q))  # no exponent shift on the quantized weight
+    ids = torch.randint(0, 50, (2, 9))
+    assert float((q(ids) - model(ids)).norm() / model(ids).norm()) < 0.6

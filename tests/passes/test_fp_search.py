@@ -304,3 +304,22 @@ def test_errors():
         search_layer(W, X, 4, 4, grid="log")
     with pytest.raises(ValueError, match="at least one token"):
         search_layer(W, X[:0], 4, 4)
+
+
+def test_refine_weights_never_worsens_and_adapts_to_the_activation():
+    """Weights searched against float inputs, refined against the quantized input they will meet."""
+    from bitfold.passes.fp_search import refine_weights
+
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(32, 40, generator=g) / 40**0.5
+    X = torch.randn(300, 40, generator=g) * torch.exp(torch.randn(40, generator=g))
+    e2m1 = float_format("e2m1")
+    Xq = quantize_tensor(e2m1, X, e2m1.bias_for_max(X.abs().max() * 0.5))
+    first = search_layer(W, X, 4, None, grid="clip", stride=1)
+    before = output_mse(Xq, first.quantize_weight(W), X, W)
+    name, bias, mse = refine_weights(W, X, Xq, FORMATS[4], first.weight_format, first.weight_bias, stride=1)
+    assert name in FORMATS[4] and bias.shape == (32,)
+    assert mse <= before * (1 + 1e-6)
+    assert mse == pytest.approx(output_mse(Xq, quantize_rows(float_format(name), W, bias), X, W), rel=1e-4)
+    with pytest.raises(ValueError, match="not among"):
+        refine_weights(W, X, Xq, ["e2m1"], "e3m0", first.weight_bias)

@@ -13,7 +13,13 @@ from bitfold.passes.fp_search import (
     quantize_tensor,
     search_layer,
 )
-from bitfold.passes.preshift import apply_preshift, preshift_exponents, search_preshift_rho
+from bitfold.passes.preshift import (
+    apply_preshift,
+    preshift_exponents,
+    search_preshift,
+    search_preshift_rho,
+    shifts_by_error,
+)
 
 E2M1 = float_format("e2m1")
 
@@ -129,3 +135,38 @@ def test_search_preshift_rho_errors():
         search_preshift_rho(W, X, k[:5], E2M1, W)
     with pytest.raises(ValueError, match="grid"):
         search_preshift_rho(W, X, k, E2M1, W, grid="log")
+
+
+def test_shifts_by_error_picks_the_exact_binade_of_each_channel():
+    """Channel j holds e2m1 grid values at scale 2^-j·s: only k = j reproduces it exactly."""
+    g = torch.Generator().manual_seed(0)
+    grid_vals = torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    Z = grid_vals[torch.randint(0, 7, (200, 6), generator=g)]
+    Z[0] = 6.0  # every channel reaches the top of the grid
+    k_true = torch.tensor([0, 1, 2, 3, 5, 7], dtype=torch.int32)
+    X = apply_preshift(Z, -k_true)
+    k = shifts_by_error(X, E2M1, 1.0, max_shift=8)  # bias 1: the grid at scale 1 (max 6)
+    assert torch.equal(k, k_true)
+    assert shifts_by_error(X, E2M1, 1.0, max_shift=3).max() == 3  # bounded by max_shift
+    with pytest.raises(ValueError, match="max_shift"):
+        shifts_by_error(X, E2M1, 1.0, max_shift=-1)
+
+
+def test_search_preshift_beats_the_paper_shifts():
+    """Shifts by error, format searched after shifting: no worse than the paper's max-based k."""
+    W, X = outlier_layer(64, 48, 512, seed=3)
+    Wq = quantize_rows(E2M1, W, E2M1.bias_for_max(W.abs().amax(1).double()))
+    fmts = [float_format(n) for n in FORMATS[4]]
+    fmt, found = search_preshift(W, X, Wq, fmts)
+    assert fmt in fmts
+    assert int(found.k.min()) >= 0 and int(found.k.max()) <= 12
+    paper = []
+    for f in fmts:
+        _, k = preshift_exponents(X.abs().amax(0), f)
+        paper.append(search_preshift_rho(W, X, k, f, Wq).mse)
+    assert found.mse <= min(paper) * 1.001
+    assert found.mse == pytest.approx(output_mse(found.quantize_act(fmt, X), found.shift_weight(Wq), X, W), rel=1e-4)
+    with pytest.raises(ValueError, match="at least one"):
+        search_preshift(W, X, Wq, [])
+    with pytest.raises(ValueError, match="iterations"):
+        search_preshift(W, X, Wq, fmts, iterations=0)

@@ -36,6 +36,12 @@ def test_yaml_file(tmp_path):
     ({"name": "x", "version": 1, "weights": {"bits": 4}}, "missing required key 'description'"),
     ({"name": "x", "version": 1, "description": "", "weights": {"bits": 4, "granularity": "group"}}, "group_size"),
     ({"schema": 9, "name": "x"}, "schema 9"),
+    ({"name": "x", "version": 1, "description": "", "weights": {"bits": 4, "rounding": "up"}}, "rounding must be"),
+    ({"name": "x", "version": 1, "description": "", "weights": {"bits": 4},
+      "activations": {"bits": 4, "granularity": "tensor", "rounding": "gptq"}}, "rounding applies to weights"),
+    ({"name": "x", "version": 1, "description": "", "weights": {"bits": 4, "rounding": "gptq"},
+      "activations": {"bits": 4, "granularity": "tensor", "preshift": True, "shift_weights": "float"}},
+     "does not combine"),
 ])
 def test_invalid_recipes(data, message):
     with pytest.raises(RecipeError, match=message):
