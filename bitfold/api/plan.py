@@ -21,14 +21,14 @@ the group's outputs together. Per method:
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import fx
+from tqdm.auto import tqdm
 
 from bitfold.ir import formats
 from bitfold.ir.graph_utils import attr_value
@@ -132,7 +132,7 @@ def _gptq_plans(W: torch.Tensor, Xq: torch.Tensor, plans: List[WeightPlan]) -> T
 
     Q = gptq_round(W, Xq.T.double() @ Xq.double(), quantize_column)
     rows = Q.split([p.scale.shape[0] for p in plans])
-    return [dataclasses.replace(p, values=r) for p, r in zip(plans, rows)], Q
+    return [replace(p, values=r) for p, r in zip(plans, rows)], Q
 
 
 def _quantize_input(X: torch.Tensor, plan: ActivationPlan) -> torch.Tensor:
@@ -204,9 +204,13 @@ def _search_fp(
 
 
 def plan_quantization(
-    gm: fx.GraphModule, recipe: Recipe, stats: Dict[str, LayerStats], layers: List[fx.Node]
+    gm: fx.GraphModule, recipe: Recipe, stats: Dict[str, LayerStats], layers: List[fx.Node],
+    progress: bool = False,
 ) -> Plan:
-    """Choose formats, scales, shifts for every layer in ``layers`` (see the module docstring)."""
+    """Choose formats, scales, shifts for every layer in ``layers`` (see the module docstring).
+
+    ``progress`` shows a bar over the groups of layers sharing an input (a search takes
+    seconds per group)."""
     groups: Dict[str, List[fx.Node]] = {}
     for node in layers:
         groups.setdefault(node.args[0].name, []).append(node)
@@ -214,7 +218,8 @@ def plan_quantization(
     activations: Dict[str, ActivationPlan] = {}
     reports: List[LayerReport] = []
     wspec, aspec = recipe.weights, recipe.activations
-    for input_name, members in groups.items():
+    bar = tqdm(groups.items(), total=len(groups), desc=f"planning ({recipe.name})", unit="group", disable=not progress)
+    for input_name, members in bar:
         start = time.perf_counter()
         st = stats[members[0].name]
         X = st.sample.float()

@@ -90,7 +90,7 @@ def quantize(
         _split(gm, recipe.split, layers, example)
         layers, kept_float = select_layers(gm, recipe)
     stats = calibrate(gm, data, layers=layers, max_tokens=recipe.calibration_tokens, progress=progress)
-    plan = plan_quantization(gm, recipe, stats, layers)
+    plan = plan_quantization(gm, recipe, stats, layers, progress=progress)
     for report in plan.reports:
         part = next(n for n in layers if n.name == report.layer).meta.get(SPLIT_KEY)
         if part is not None:
