@@ -48,7 +48,7 @@ def _i32(value: int) -> PrimExpr:
 def pow2_bits(exponent: PrimExpr) -> PrimExpr:
     """``2^exponent`` as float32 from its bit pattern ``(exponent + 127) << 23``.
 
-    The same construction as the reference's ``_pow2`` (exact for normal exponents).
+    Exact for normal exponents (the reference quantizer builds its rounding constant so too).
     """
     return tirx.reinterpret(F32, (exponent + _i32(127)) << _i32(23))
 

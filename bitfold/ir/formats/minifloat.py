@@ -33,11 +33,6 @@ import torch
 from bitfold.ir.formats.base import Format, FormatError
 
 
-def _pow2(exponent: torch.Tensor) -> torch.Tensor:
-    """Exact float32 ``2**exponent`` for integer exponents in the normal range."""
-    return ((exponent + 127) << 23).to(torch.int32).view(torch.float32)
-
-
 class FloatFormat(Format):
     """An ``ExMy`` sign-magnitude float format.
 
@@ -145,10 +140,12 @@ class FloatFormat(Format):
         return 2**E - torch.log2(max_value) + torch.log2(torch.tensor(2 - 2.0**-M, dtype=torch.float64)) - 1
 
     def _round_magnitude(self, a: torch.Tensor) -> torch.Tensor:
+        # In binade p the grid step is 2^(p-M); adding c = 2^(p-M+23), whose float32 ulp is
+        # that step, rounds a to it half-to-even, and subtracting c again is exact.
         a = a.clamp(max=self._max)
         p = ((a.view(torch.int32) >> 23) - 127).clamp(min=self.min_exponent)
-        M = self.mantissa_bits
-        return torch.round(a * _pow2(M - p)) * _pow2(p - M)
+        c = ((p + (127 + 23 - self.mantissa_bits)) << 23).view(torch.float32)
+        return (a + c) - c
 
     def _round(self, y: torch.Tensor, zero_point: Optional[torch.Tensor]) -> torch.Tensor:
         return torch.copysign(self._round_magnitude(y.abs()), y)
