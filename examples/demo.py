@@ -259,7 +259,8 @@ def run_demo(args: argparse.Namespace, work: Path) -> None:
                      f"max rel. diff. vs {against} {agree(f'{name} vs {against}', got, want)}"])
 
     say("done")
-    print(f"\nbitfold demo: all-MiniLM-L6-v2, W4A4-FP (recipe {args.recipe}) vs W4A4-INT vs FP32 — "
+    version = fp4.recipe["version"]
+    print(f"\nbitfold demo: all-MiniLM-L6-v2, W4A4-FP (recipe {args.recipe} v{version}) vs W4A4-INT vs FP32 — "
           f"{args.threads} thread(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
           f"total {say.elapsed():.0f} s")
     print(format_table(rows))
