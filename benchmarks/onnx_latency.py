@@ -21,8 +21,9 @@ too) and recipe, how the ``simulate`` and ``compressed`` exports agree with bitf
 PyTorch simulation on a real evaluation set (max/mean abs and rel error, argmax/top-1
 agreement: per image, per sentence embedding, per next-token prediction), and how large
 they are next to the FP32 export — the whole file, and the quantized layers' stored bytes
-against their float32 weights; for SmolLM2 also the next-token perplexity computed from the
-ONNX file's logits next to the simulation's. Quantized models are read from ``--cache`` as
+against their float32 weights — and the task metric computed from the ONNX file's outputs
+alone next to the simulation's: SmolLM2's next-token perplexity, MiniLM's mean cosine of
+the sentence embeddings to FP32's, EfficientNet-Lite0's top-1 agreement with FP32. Quantized models are read from ``--cache`` as
 ``<model>-<recipe>`` (a ``QuantizedModel.save`` directory) when there, else quantized on
 ``--calibration`` batches.
 
@@ -159,6 +160,19 @@ def perplexity(batches: Sequence[tuple], logits: Sequence[Any]) -> float:
     return math.exp(sum(nll) / len(nll))
 
 
+def task_metric(name: str, batches: Sequence[tuple], outputs: Sequence[Any], float_outputs: Sequence[Any]) -> tuple:
+    """``(metric name, value)`` of ``outputs`` as the LLM-FP4 accuracy benchmark reports it for ``name``:
+    SmolLM2 next-token perplexity, MiniLM mean cosine of the sentence embeddings to FP32's,
+    EfficientNet-Lite0 top-1 agreement with FP32."""
+    if name == "smollm2":
+        return "perplexity", perplexity(batches, outputs)
+    got = torch.cat([torch.as_tensor(o) for o in outputs])
+    want = torch.cat([torch.as_tensor(o) for o in float_outputs])
+    if name == "minilm":
+        return "cosine to fp32", float(torch.nn.functional.cosine_similarity(got, want, dim=-1).mean())
+    return "top-1 = fp32", float((got.argmax(-1) == want.argmax(-1)).float().mean())
+
+
 def float_weight_bytes(layers: Dict[str, Any]) -> int:
     return sum(4 * facts["shape"][0] * facts["shape"][1] for facts in layers.values() if "shape" in facts)
 
@@ -170,6 +184,8 @@ def agreement_rows(name: str, recipes: Sequence[str], args: argparse.Namespace, 
     fp32 = fp32_file(name, model, example, cache)
     batches = [real_batch(model, name, args.batch, args.seq, offset=1000 + args.batch * i)
                for i in range(args.eval_batches)]
+    with torch.no_grad():
+        float_outputs = [model.module(*b) for b in batches]
     rows = []
     for recipe in recipes:
         q = quantized(name, recipe, cache, args.calibration)
@@ -186,9 +202,9 @@ def agreement_rows(name: str, recipes: Sequence[str], args: argparse.Namespace, 
             row = {"model": name, "recipe": recipe, "mode": mode, "mb": path.stat().st_size / 1e6,
                    "size_ratio": path.stat().st_size / fp32.stat().st_size,
                    "layer_ratio": stored / max(float_weight_bytes(layers), 1), "agreement": combine(results).as_dict()}
-            if name == "smollm2":  # the task metric, from the ONNX file alone and from the simulation
-                row["perplexity_onnx"] = perplexity(batches, outputs)
-                row["perplexity_torch"] = perplexity(batches, references)
+            # the task metric, from the ONNX file alone and from the simulation
+            row["metric"], row["task_onnx"] = task_metric(name, batches, outputs, float_outputs)
+            row["task_torch"] = task_metric(name, batches, references, float_outputs)[1]
             rows.append(row)
     return rows
 
@@ -203,8 +219,7 @@ def print_agreement(rows: List[Dict[str, Any]]) -> None:
         print(f"{r['model']:18} {r['recipe']:15} {r['mode']:10} {r['mb']:7.1f} {r['size_ratio']:9.3f} "
               f"{r['layer_ratio']:11.3f} {a['max_abs']:9.2e} {a['mean_abs']:9.2e} {a['max_rel']:9.2e} "
               f"{a['mean_rel']:9.2e} {a['argmax_match']:7.4f} {a['rows']:6d}"
-              + (f"  ppl onnx {r['perplexity_onnx']:.3f} torch {r['perplexity_torch']:.3f}" if "perplexity_onnx" in r
-                 else ""))
+              + f"  {r['metric']}: onnx {r['task_onnx']:.4f} torch {r['task_torch']:.4f}")
     print("errors: ONNX Runtime (CPU) vs bitfold's PyTorch simulation; rel = relative to the output's max / mean "
           "magnitude; argmax: fraction of rows (images, embeddings, token positions) with the same argmax; "
           "layers/fp32: stored bytes of the quantized layers (codes, scales, zero points) over their float32 weights")
