@@ -206,6 +206,7 @@ def run_demo(args: argparse.Namespace, work: Path) -> None:
     compiled = bitfold.compile(fp4, target)
     tvm_dir = compiled.export(work / f"minilm-{args.recipe}-tvm", overwrite=True)
 
+    agree = Agreement()
     say(f"scoring every model on {EVALUATION_TEXTS} held-out snippets")
     rows: List[List[str]] = [["accuracy", "FP32 (PyTorch)", "cosine 1 (the reference)",
                               f"{EVALUATION_TEXTS} held-out snippets, calibration disjoint"]]

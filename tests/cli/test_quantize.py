@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import onnx
-import pytest
 import torch
 from onnx import TensorProto, helper
 
