@@ -74,12 +74,14 @@ def test_a_bitfold_op_without_translation_is_named(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_an_op_torch_onnx_cannot_translate_is_named(tmp_path):
     with pytest.raises(OnnxExportError, match=r"node 'no_onnx_form'.*could not translate"):
         export_onnx(graph(torch.ops.onnx_test.no_onnx_form), tmp_path / "m.onnx", X)
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_registered_lowering_exports_and_a_failed_export_writes_nothing(tmp_path):
     assert registered_ops()["bitfold::onnx_test_scale"] == "lowering"
     assert registered_ops()["bitfold::quantized_linear"] == "lowering"
@@ -118,6 +120,7 @@ def test_a_weight_computed_at_run_time_is_refused_by_name():
         lower_placeholders(model, ExportOptions(mode="compressed"))
 
 
+@pytest.mark.slow
 def test_explicit_names_and_dynamic_axes(tmp_path):
     path = export_onnx(graph(torch.relu), tmp_path / "m.onnx", X, input_names=["features"], output_names=["relu"],
                        dynamic_axes={"features": {0: "rows"}})

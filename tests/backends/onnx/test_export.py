@@ -12,6 +12,8 @@ from bitfold.backends.onnx.runtime import run
 from bitfold.ir import from_onnx
 from bitfold.ir.onnx_import import OnnxImportError
 
+pytestmark = pytest.mark.slow  # the shared fixture exports the tiny model twice (tens of seconds)
+
 
 def op_types(path):
     return [(n.domain + "::" if n.domain else "") + n.op_type for n in onnx.load(path).graph.node]
