@@ -46,6 +46,7 @@ import torch  # noqa: E402
 
 import bitfold  # noqa: E402
 from bitfold import zoo  # noqa: E402
+from bitfold.api import QuantizedModel, quantize  # noqa: E402  (all now: others may edit bitfold while this runs)
 from bitfold.recipes import Recipe, load_recipe  # noqa: E402
 
 FP32 = "fp32"
@@ -107,10 +108,10 @@ def quantized_model(task, recipe: Recipe, entry: Optional[Path]) -> Tuple[Any, f
     """``(model, quantize seconds, from cache)``: loaded from ``entry`` if it holds one, else
     quantized now (and saved there). A cached model reports the time its quantization took."""
     if entry is not None and (entry / "graph.json").is_file():
-        model = bitfold.QuantizedModel.load(entry)
+        model = QuantizedModel.load(entry)
         return model, float(model.info["wall_seconds"]), True
     start = time.perf_counter()
-    model = bitfold.quantize(task.module, recipe, task.calibration, progress=False)
+    model = quantize(task.module, recipe, task.calibration, progress=False)
     seconds = time.perf_counter() - start
     model.info["wall_seconds"] = round(seconds, 2)
     if entry is not None:
@@ -125,7 +126,7 @@ def _clock(start: float) -> str:
     return str(datetime.timedelta(seconds=round(time.perf_counter() - start)))
 
 
-def measure_recipe(task, label: str, recipe: Optional[Recipe], entry: Optional[Path]) -> Dict[str, Any]:
+def measure_recipe(task, recipe: Optional[Recipe], entry: Optional[Path]) -> Dict[str, Any]:
     """One row: the task's metrics for ``recipe`` (``None``: the float model), plus memory and time."""
     if recipe is None:
         start = time.perf_counter()
@@ -162,7 +163,7 @@ def run_model(name: str, labels: Sequence[str], recipes: Dict[str, Optional[Reci
     for label in labels:
         recipe = recipes[label]
         try:
-            row = measure_recipe(task, label, recipe, None if recipe is None else entry_of(recipe))
+            row = measure_recipe(task, recipe, None if recipe is None else entry_of(recipe))
         except Exception as err:  # one recipe failing must not hide the others' numbers
             ok = False
             row = {"error": f"{type(err).__name__}: {err}"}
