@@ -3,14 +3,19 @@
 * ``sym_size.int``: the size as a TIR expression (dynamic) or a Python int (static), so that
   shape arguments such as ``view(x, [1, s, -1, 32])`` stay symbolic;
 * ``to.device``: a dtype cast when one is given (bitfold compiles for one device);
-* ``where.ScalarOther`` / ``where.ScalarSelf`` / ``where.Scalar``: ``where`` with Python numbers;
+* ``where.ScalarOther`` / ``where.ScalarSelf`` / ``where.Scalar``: ``where`` with Python numbers
+  (the condition must already be ``bool``, as PyTorch requires);
+* ``new_ones`` / ``new_zeros`` / ``ones_like`` / ``zeros_like`` / ``empty_like``: constant-filled
+  tensors in the ``dtype=`` the node asks for (TVM's converters drop it and use the input's
+  dtype, so a BERT attention mask built with ``new_ones(x, [], dtype=torch.bool)`` came out
+  ``int64`` and the ``where`` it feeds could not be lowered);
 * ``slice.Tensor``: with a symbolic bound the slice is taken as in range (``0 <= end <= size``):
   ``torch.export`` only leaves a size symbolic in a slice bound when the traced program
   indexed within it, and TVM would otherwise give the result an unknown shape;
 * ``rsub.Scalar``: ``other - alpha · x`` (TVM's converter gives the number an int dtype);
 * ``rms_norm.default``: ``x · rsqrt(mean(x², axes) + eps) · weight``, eps defaulting to the
   dtype's machine epsilon as in PyTorch;
-* ``linear.default``: a dense product with the weight transposed at import time
+* ``linear.default``: a dense product with the weight laid out for the kernel at import time
   (:func:`bitfold.backends.tvm.lower_dense.emit_linear`).
 """
 
@@ -22,7 +27,7 @@ import numpy as np
 from torch import fx
 from tvm import relax
 
-from bitfold.backends.tvm.importer import dtype_of
+from bitfold.backends.tvm.importer import LoweringError, dtype_of, node_label
 from bitfold.backends.tvm.lower_dense import emit_linear
 
 if TYPE_CHECKING:
@@ -57,6 +62,9 @@ def converters(imp: "GraphImporter") -> Dict[str, "Converter"]:
     def where_with_scalars(node: fx.Node) -> relax.Expr:
         """``where(cond, a, b)`` where ``a`` and/or ``b`` is a Python number."""
         cond = imp.env[node.args[0]]
+        if dtype_of(cond) != "bool":
+            raise LoweringError(f"{node_label(node)}: the condition {node.args[0]} lowered to {dtype_of(cond)}, "
+                                f"not bool (a converter upstream lost its dtype)")
         tensors = [imp.env[a] for a in node.args[1:3] if isinstance(a, fx.Node)]
         recorded = node.meta.get("val")
         if tensors:
@@ -67,6 +75,22 @@ def converters(imp: "GraphImporter") -> Dict[str, "Converter"]:
             dtype = "float32"
         a, b = (imp.env[v] if isinstance(v, fx.Node) else relax.const(v, dtype) for v in node.args[1:3])
         return imp.emit(relax.op.where(cond, a, b))
+
+    def filled(value: float, shape_arg: bool):
+        """``new_<value>s(x, size, dtype=)`` (``shape_arg``) or ``<value>s_like(x, dtype=)``."""
+
+        def convert(node: fx.Node) -> relax.Expr:
+            x = imp.env[node.args[0]]
+            dtype = node.kwargs.get("dtype")
+            dtype = dtype_of(x) if dtype is None else imp._convert_data_type(dtype)
+            fill = relax.const(value, dtype)
+            if not shape_arg:
+                return imp.emit(relax.op.full_like(x, fill, dtype))
+            size = node.args[1] if len(node.args) > 1 else node.kwargs["size"]
+            shape = relax.ShapeExpr([imp.env[d] if isinstance(d, fx.Node) else d for d in size])
+            return imp.emit(relax.op.full(shape, fill, dtype))
+
+        return convert
 
     def slice_tensor(node: fx.Node) -> relax.Expr:
         x = imp.env[node.args[0]]
@@ -112,6 +136,11 @@ def converters(imp: "GraphImporter") -> Dict[str, "Converter"]:
         "where.ScalarOther": where_with_scalars,
         "where.ScalarSelf": where_with_scalars,
         "where.Scalar": where_with_scalars,
+        "new_ones.default": filled(1, shape_arg=True),
+        "new_zeros.default": filled(0, shape_arg=True),
+        "ones_like.default": filled(1, shape_arg=False),
+        "zeros_like.default": filled(0, shape_arg=False),
+        "empty_like.default": filled(0, shape_arg=False),
         "slice.Tensor": slice_tensor,
         "rms_norm.default": rms_norm,
         "rsub.Scalar": rsub_scalar,

@@ -156,3 +156,39 @@ def test_int8_activation_kernels_are_opt_in_and_close_to_the_op():
     assert float((exact(x) - want).abs().max() / want.abs().max()) <= 1e-5
     w4a8 = compile(layer, "llvm -mcpu=native", example_inputs=(x,), int8_activations=True)
     assert 1e-6 < float((w4a8(x) - want).abs().max() / want.abs().max()) <= 3e-2  # int8 rounding, not exact
+
+
+class BertMask(torch.nn.Module):
+    """The attention mask transformers builds for BERT: ``new_ones(..., dtype=torch.bool)``
+    combined with the padding mask, then ``where`` with a Python number."""
+
+    def forward(self, x, mask):
+        keep = x.new_ones((), dtype=torch.bool) & (mask[:, None, :] > 0)
+        ones = torch.ones_like(mask, dtype=torch.bool) & torch.zeros_like(x[..., 0], dtype=torch.bool).logical_not()
+        return torch.where(keep & ones[:, None, :], x, torch.finfo(torch.float32).min)
+
+
+def test_dtype_keywords_are_honoured_without_recorded_dtypes():
+    x, mask = torch.randn(2, 5, 5), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    gm = from_torch(BertMask(), (x, mask))
+    for node in gm.graph.nodes:  # as in a graph loaded from disk: only the inputs' dtypes are known
+        if node.op == "call_function":
+            node.meta.pop("val", None)
+    got = compile(gm, "llvm")(x, mask)
+    np.testing.assert_array_equal(got.numpy(), BertMask()(x, mask).numpy())
+
+
+def test_a_non_bool_where_condition_is_named():
+    class IntCondition(torch.nn.Module):
+        def forward(self, x, mask):
+            return torch.ops.aten.where.ScalarOther(mask.to(torch.bool), x, 0.0)
+
+    x, mask = torch.randn(2, 3), torch.ones(2, 3, dtype=torch.int64)
+    gm = from_torch(IntCondition(), (x, mask))
+    for node in gm.graph.nodes:
+        if node.target is torch.ops.aten.where.ScalarOther:
+            node.args = (node.args[0].args[0],) + node.args[1:]  # the int64 mask itself
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    with pytest.raises(LoweringError, match=r"node 'where' .*lowered to int64, not bool"):
+        compile(gm, "llvm")
