@@ -86,3 +86,15 @@ def test_load_round_trip_and_no_silent_overwrite(compiled, tmp_path):
 def test_loading_something_else_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a bitfold TVM export"):
         CompiledModel.load(tmp_path)
+
+
+@pytest.mark.parametrize("target", ["llvm -mcpu=znver3 -num-cores=2 -mattr=+avx2,+fma", "cuda -arch=sm_90"])
+def test_the_target_in_model_json_resolves_to_the_same_target(target):
+    """model.json stores the target as JSON; list options (``keys``, ``mattr``) once came back
+    as strings and ``CompiledModel.load`` raised a TargetError about 'keys'."""
+    from bitfold.backends.tvm import resolve_target
+
+    original = resolve_target(target)
+    written = json.loads(json.dumps(CompiledModel(None, original, [], [], 1).signature()))["target"]
+    assert written["keys"] == list(original.keys)
+    assert resolve_target(written).export() == original.export()
