@@ -122,3 +122,13 @@ def test_loaded_model_gives_the_same_analysis(recipe, tmp_path):
     if recipe.endswith("split"):
         assert fresh.layers[0].granularity == "channel ×3 clusters"
         assert fresh.layers[0].weight_hist.grid == [float(v) for v in range(8)]  # uint3 in each cluster's units
+
+
+def test_gptq_rounded_weights_are_matched():
+    """w4a4-fp rounds weights by GPTQ: fewer codes are nearest-rounded, the pairing still holds."""
+    model, data = NormLinear().eval(), _data()
+    q = bitfold.quantize(model, "w4a4-fp", data, progress=False)
+    assert q.recipe["weights"]["rounding"] == "gptq"
+    (layer,) = match_layers(float_reference(model, data, 128), q.graph_module)
+    requant = layer.weight_quantizer.quantize(layer.weight)
+    assert not torch.equal(requant, layer.weight_hat)  # GPTQ moved some codes
