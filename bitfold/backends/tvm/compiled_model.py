@@ -176,6 +176,12 @@ class CompiledModel:
         if meta.get("format") != "bitfold-tvm" or meta.get("version") != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: unsupported export format {meta.get('format')} v{meta.get('version')}")
         target = resolve_target(meta["target"])
+        if is_gpu(target) and not device_for(target).exist:
+            # TVM registers its CUDA module loader only where a CUDA driver is present; without
+            # this check the load fails with "loader of that name is not registered".
+            raise RuntimeError(f"{directory / LIBRARY} was compiled for {target.kind.name} "
+                               f"({target.attrs.get('arch', 'no arch')}): loading it needs a CUDA device, "
+                               f"and this machine has none (export for 'llvm' to run on the CPU)")
         library = tvm.runtime.load_module(str(directory / LIBRARY))
         table = tvm.runtime.load_param_dict_from_file(str(directory / PARAMS))
         params = [table[f"p{i}"] for i in range(meta["num_params"])]

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import tvm
 from torch.export import Dim
 
 from bitfold.backends.tvm import CompiledModel, compile
@@ -98,3 +99,13 @@ def test_the_target_in_model_json_resolves_to_the_same_target(target):
     written = json.loads(json.dumps(CompiledModel(None, original, [], [], 1).signature()))["target"]
     assert written["keys"] == list(original.keys)
     assert resolve_target(written).export() == original.export()
+
+
+@pytest.mark.skipif(tvm.cuda(0).exist, reason="a CUDA device is present: the CUDA export loads here")
+def test_loading_a_cuda_export_without_a_gpu_says_so(tmp_path):
+    """TVM's own error here was 'loader of that name is not registered'."""
+    torch.manual_seed(0)
+    gm = from_torch(MLP().eval(), (torch.randn(4, 64),))
+    directory = compile(gm, "cuda -arch=sm_90").export(tmp_path / "mlp_cuda")  # no GPU needed to export
+    with pytest.raises(RuntimeError, match="compiled for cuda .*needs a CUDA device"):
+        CompiledModel.load(directory)

@@ -13,7 +13,7 @@ import torch
 import bitfold
 from bitfold.backends.tvm import compile
 
-from .conftest import capture_dynamic, truncated
+from .conftest import truncated
 
 pytestmark = pytest.mark.slow
 
@@ -41,14 +41,11 @@ def test_quantized_minilm_matches_the_simulation(minilm_w4a4, sentences):
     assert float(torch.nn.functional.cosine_similarity(got, want).min()) >= 0.999
 
 
-def test_smollm2_fp32_and_w4a16_match(sentences):
+def test_smollm2_w4a16_matches_the_simulation(sentences):
+    """SmolLM2's kernel kinds (RMSNorm, rotary embeddings, SiLU-gated MLP, causal mask) with
+    INT4 weight-only linears; their fp32 lowering is the same graph minus the low-bit kernels."""
     lm = truncated("smollm2", 1)
     inputs = lm.preprocess(sentences[1][:6])
-    fp32 = compile(capture_dynamic(lm), "llvm -mcpu=native")
-    with torch.no_grad():
-        want = lm.module(*inputs)
-    assert _relative(fp32(*inputs), want) <= 1e-4
-
     # Items of different lengths: bitfold.quantize keeps the sequence dynamic only if it varies.
     calibration = [lm.preprocess(sentences[0][i:i + 2]) for i in (0, 2)]
     assert calibration[0][0].shape[1] != calibration[1][0].shape[1]

@@ -1,12 +1,13 @@
 """The default CPU schedules reach every kernel a graph produces: nothing is left as the
 naive single-threaded loop nest ``tvm.compile`` would build, and matmuls get the
-register-blocked vector micro-kernel."""
+register-blocked vector micro-kernel. Checked structurally (loop kinds in the scheduled TIR),
+so a kernel that loses its schedule fails here whatever the machine's load."""
 
 import pytest
 import torch
 import tvm
 from torch.export import Dim
-from tvm import tirx
+from tvm import s_tir, tirx
 
 from bitfold.backends.tvm.build import legalize_and_fuse
 from bitfold.backends.tvm.importer import GraphImporter
@@ -24,16 +25,38 @@ def _loop_kinds(func: tirx.PrimFunc) -> set:
     return {kind for kind in ("parallel", "vectorized", "unroll") if f"T.{kind}(" in text}
 
 
+def _schedule(gm: torch.fx.GraphModule) -> dict:
+    """The graph's kernels after fusion and the default CPU schedules, by name; kernels that
+    arrive scheduled (bitfold.codegen's low-bit GEMMs, which pick their own threading) left out."""
+    target = resolve_target("llvm -mcpu=znver3")
+    mod = GraphImporter(gm, infer_input_specs(gm), target).run().mod
+    with target:
+        fused = tvm.transform.Sequential(legalize_and_fuse())(mod)
+        own = {gv.name_hint for gv, f in fused.functions_items()
+               if isinstance(f, tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled")}
+        mod = cpu_schedule_pass()(fused)
+    return {gv.name_hint: f for gv, f in mod.functions_items()
+            if isinstance(f, tirx.PrimFunc) and gv.name_hint not in own}
+
+
+def _serial_nests(func: tirx.PrimFunc) -> list:
+    """The loop nests of ``func``'s blocks that have no parallel loop, as lists of extents."""
+    sch = s_tir.Schedule(func)
+    nests, stack = [], list(sch.get_child_blocks(sch.get_sblock("root")))
+    while stack:
+        block = stack.pop()
+        loops = sch.get_loops(block)
+        if loops and not any(sch.get(loop).kind == tirx.ForKind.PARALLEL for loop in loops):
+            nests.append([sch.get(loop).extent for loop in loops])
+        stack.extend(sch.get_child_blocks(block))
+    return nests
+
+
 @pytest.fixture(scope="module")
 def scheduled():
     x, mask = torch.randn(2, 12, 16), torch.ones(2, 12)
     seq = Dim("seq", min=2, max=64)
-    gm = from_torch(Block().eval(), (x, mask), dynamic_shapes=({1: seq}, {1: seq}))
-    target = resolve_target("llvm -mcpu=znver3")
-    mod = GraphImporter(gm, infer_input_specs(gm), target).run().mod
-    with target:
-        mod = tvm.transform.Sequential(legalize_and_fuse() + [cpu_schedule_pass()])(mod)
-    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    return _schedule(from_torch(Block().eval(), (x, mask), dynamic_shapes=({1: seq}, {1: seq})))
 
 
 def test_every_kernel_is_scheduled_and_parallel(scheduled):
@@ -41,6 +64,22 @@ def test_every_kernel_is_scheduled_and_parallel(scheduled):
     for name, func in scheduled.items():
         assert func.attrs.get("tirx.is_scheduled"), f"{name} was not scheduled"
         assert "parallel" in _loop_kinds(func), f"{name} runs on one thread"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graph", ["fp32", "w4a4-int"])
+def test_no_minilm_kernel_is_left_a_serial_loop_nest(graph, minilm_graph, minilm_w4a4):
+    """Every kernel of MiniLM (fp32; 2 layers quantized w4a4-int) does its work in parallel loops. The one serial loop
+    nest allowed is a single loop over a symbolic size: a vector of token indices or mask
+    positions (O(batch·seq) work, where every layer does O(batch·seq·hidden)), which a thread
+    pool wake-up would cost more than it saves. A per-token op left unscheduled (the attention
+    mask, a cast, a layout change) has a loop over the hidden size and fails."""
+    kernels = _schedule(minilm_graph if graph == "fp32" else minilm_w4a4[1].graph_module)
+    assert len(kernels) >= 15
+    for name, func in kernels.items():
+        for extents in _serial_nests(func):
+            assert len(extents) == 1 and not isinstance(extents[0], tirx.IntImm), \
+                f"{name}: serial loop nest {extents}\n{func.script()}"
 
 
 def test_matmuls_get_the_vector_micro_kernel(scheduled):
