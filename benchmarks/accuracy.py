@@ -113,7 +113,7 @@ def quantized_model(task, recipe: Recipe, entry: Optional[Path]) -> Tuple[Any, f
     start = time.perf_counter()
     model = quantize(task.module, recipe, task.calibration, progress=False)
     seconds = time.perf_counter() - start
-    model.info["wall_seconds"] = round(seconds, 2)
+    model.info["wall_seconds"] = seconds
     if entry is not None:
         model.save(entry)
     return model, seconds, False
