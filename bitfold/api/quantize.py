@@ -12,14 +12,17 @@ import onnx
 import torch
 
 from bitfold.api.plan import plan_quantization, select_layers
+from bitfold.api.plan_embeddings import plan_embeddings, select_embeddings
 from bitfold.api.quantized_model import QuantizedModel
 from bitfold.ir import CaptureError, from_onnx, from_torch
 from bitfold.passes import EliminateDeadCode, PassManager, run_standard_passes
 from bitfold.passes.calibration import calibrate
 from bitfold.passes.fold_preshift import FoldPreshift
 from bitfold.passes.fuse_split_linears import FuseSplitLinears
+from bitfold.passes.quantize_embeddings import QuantizeEmbeddings
 from bitfold.passes.quantize_linears import QuantizeLinears
 from bitfold.passes.split_layers import SPLIT_KEY, SplitLayers
+from bitfold.passes.stabilize_gelu import StabilizeGelu
 from bitfold.recipes import Recipe, SplitSpec, load_recipe
 
 ModelLike = Union[torch.nn.Module, str, os.PathLike, onnx.ModelProto]
@@ -29,8 +32,10 @@ def _as_inputs(item: Any) -> Tuple[Any, ...]:
     return tuple(item) if isinstance(item, (tuple, list)) else (item,)
 
 
-def _dynamic_shapes(example: Tuple[Any, ...], data: Sequence[Tuple[Any, ...]], batch: bool):
-    """Dims whose size differs across calibration items (and the batch dim) are dynamic."""
+def _dynamic_shapes(example: Tuple[Any, ...], data: Sequence[Tuple[Any, ...]], batch: bool, tokens: bool):
+    """Dims whose size differs across calibration items are dynamic; so are the batch dim
+    (``batch``) and every later dim of an integer or boolean input (``tokens``: token ids and
+    masks are sequences, whose length calibration data rarely varies)."""
     shapes = []
     for i, x in enumerate(example):
         if not isinstance(x, torch.Tensor):
@@ -39,16 +44,22 @@ def _dynamic_shapes(example: Tuple[Any, ...], data: Sequence[Tuple[Any, ...]], b
         varying = {d for d in range(x.dim()) if len({item[i].shape[d] for item in data}) > 1}
         if batch and x.dim() > 0:
             varying.add(0)
+        if tokens and not (x.is_floating_point() or x.is_complex()):
+            varying.update(range(1, x.dim()))
         shapes.append({d: torch.export.Dim.DYNAMIC for d in sorted(varying)} or None)
     return tuple(shapes)
 
 
 def _capture_dynamic(model: torch.nn.Module, example: Tuple[Any, ...], data: Sequence[Tuple[Any, ...]]):
-    """Capture with a dynamic batch if the model allows it, else with only what must vary."""
-    try:
-        return from_torch(model, example, dynamic_shapes=_dynamic_shapes(example, data, batch=True))
-    except CaptureError:
-        return from_torch(model, example, dynamic_shapes=_dynamic_shapes(example, data, batch=False))
+    """Capture with a dynamic batch and token-sequence length if the model allows them, else
+    with less, down to only what the calibration data makes vary."""
+    attempts = [(True, True), (False, True), (True, False)]
+    for batch, tokens in attempts:
+        try:
+            return from_torch(model, example, dynamic_shapes=_dynamic_shapes(example, data, batch, tokens))
+        except CaptureError:
+            pass
+    return from_torch(model, example, dynamic_shapes=_dynamic_shapes(example, data, batch=False, tokens=False))
 
 
 def _split(
@@ -89,6 +100,8 @@ def quantize(
     if recipe.split is not None:
         _split(gm, recipe.split, layers, example)
         layers, kept_float = select_layers(gm, recipe)
+    if recipe.activations is not None:
+        PassManager([StabilizeGelu(n.name for n in layers)], sample_inputs=example).run(gm)
     stats = calibrate(gm, data, layers=layers, max_tokens=recipe.calibration_tokens, progress=progress)
     plan = plan_quantization(gm, recipe, stats, layers, progress=progress)
     for report in plan.reports:
@@ -96,8 +109,11 @@ def quantize(
         if part is not None:
             report.notes.append(f"SplitQuant part {part['part'] + 1}/{part['clusters']} of {part['layer']}")
     QuantizeLinears(plan.weights, plan.activations).run(gm)
+    embeddings, _ = select_embeddings(gm, recipe)
+    table_plans, table_reports = plan_embeddings(gm, recipe, embeddings)
+    QuantizeEmbeddings(table_plans).run(gm)
     fuse = [FuseSplitLinears()] if recipe.split is not None else []
     PassManager([*fuse, FoldPreshift(), EliminateDeadCode()], sample_inputs=example).run(gm)
     info = {"source": gm.meta.get("bitfold_source"), "calibration_items": len(data),
             "seconds": round(time.perf_counter() - start, 2)}
-    return QuantizedModel(gm, recipe.describe(), plan.reports, kept_float, info)
+    return QuantizedModel(gm, recipe.describe(), table_reports + plan.reports, kept_float, info)

@@ -22,6 +22,7 @@ def _fmt(value: Optional[float]) -> str:
 _WEIGHT_ARGS = {
     torch.ops.bitfold.quantized_linear.default: ((3, 4), {"codes": (1,), "scales": (5, 7)}),
     torch.ops.bitfold.codebook_linear.default: ((4, 5), {"codes": (1,), "cluster_ids": (2,), "scales": (7, 9)}),
+    torch.ops.bitfold.quantized_embedding.default: ((3, 4), {"codes": (1,), "scales": (5, 7)}),
 }
 
 

@@ -37,6 +37,15 @@ clusters, weight_scale, group_size, weight_zero_point, input_shift, bias) -> Ten
     quantizer maps the zeros outside the cluster to zero — at a third of the GEMMs and with
     one weight matrix of ``bits + ceil(log2 clusters)`` bits per element instead of
     ``clusters`` matrices of ``bits``.
+
+``bitfold::quantized_embedding(indices, packed_weight, fmt, num_embeddings, embedding_dim,
+weight_scale, group_size, weight_zero_point) -> Tensor``
+    ``Ŵ[indices]``: an embedding table stored like a quantized linear's weight (rows are
+    ``num_embeddings``, scales per row or per group of ``group_size`` columns), weight-only.
+
+``bitfold::gelu(x, approximate) -> Tensor``
+    GELU spelled without float32 cancellation, step for step the same in every backend
+    (:mod:`bitfold.ir.stable_gelu`); used where a GELU output is quantized.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ import torch
 
 from bitfold.ir import formats
 from bitfold.ir.formats import BlockFormat, Format
+from bitfold.ir.stable_gelu import gelu  # noqa: F401  (registers bitfold::gelu)
 
 
 @dataclass(frozen=True)
@@ -396,3 +406,25 @@ def codebook_linear(
 def _(x, packed_codes, packed_ids, fmt, out_features, in_features, clusters, weight_scale, group_size=None,
       weight_zero_point=None, input_shift=None, bias=None):
     return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.custom_op("bitfold::quantized_embedding", mutates_args=())
+def quantized_embedding(
+    indices: torch.Tensor,
+    packed_weight: torch.Tensor,
+    fmt: str,
+    num_embeddings: int,
+    embedding_dim: int,
+    weight_scale: torch.Tensor,
+    group_size: Optional[int] = None,
+    weight_zero_point: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    table = unpack_weight(packed_weight, fmt, num_embeddings, embedding_dim, weight_scale, group_size,
+                          weight_zero_point)
+    return torch.nn.functional.embedding(indices, table.to(packed_weight.device))
+
+
+@quantized_embedding.register_fake
+def _(indices, packed_weight, fmt, num_embeddings, embedding_dim, weight_scale, group_size=None,
+      weight_zero_point=None):
+    return packed_weight.new_empty((*indices.shape, embedding_dim), dtype=torch.float32)

@@ -47,7 +47,9 @@ def test_quantize_runs_and_reports(recipe):
     ops = [n.target for n in q.graph_module.graph.nodes if n.op == "call_function"]
     assert ops.count(torch.ops.bitfold.quantized_linear.default) == 6
     assert not any(t == torch.ops.aten.linear.default for t in ops)
-    assert len(q.layers) == 6 and recipe in q.report()
+    tables = recipe == "w4a16-int-g128"  # v2 quantizes embedding tables too
+    assert ops.count(torch.ops.bitfold.quantized_embedding.default) == int(tables)
+    assert len(q.layers) == 6 + int(tables) and recipe in q.report()
 
 
 def test_preshift_is_folded_into_the_norm_and_beats_no_preshift():

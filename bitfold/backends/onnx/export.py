@@ -36,7 +36,8 @@ from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 import bitfold
 from bitfold.backends.onnx import (  # noqa: F401  (importing registers the lowerings)
-    decompositions, lower_codebook_linear, lower_fake_quantize, lower_quantized_linear,
+    decompositions, lower_codebook_linear, lower_fake_quantize, lower_gelu, lower_quantized_embedding,
+    lower_quantized_linear,
 )
 from bitfold.backends.onnx.capture import export_graph
 from bitfold.backends.onnx.dynamic_axes import DynamicAxes, dynamic_shapes, name_dynamic_axes

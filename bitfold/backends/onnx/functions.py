@@ -1,4 +1,4 @@
-"""ONNX local functions: one per quantizer kind, built once and called from every site.
+"""ONNX local functions: one per quantizer kind (and bitfold's GELU), built once and called from every site.
 
 A function's body is written with an :class:`~bitfold.backends.onnx.emitter.Emitter` in
 function mode (constants become ``Constant`` nodes). Calls go to the ``bitfold.quant``

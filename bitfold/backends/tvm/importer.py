@@ -211,6 +211,22 @@ class GraphImporter(ExportedProgramImporter):
         return ImportedGraph(mod, self.inputs, self._param_names, self._param_arrays, len(outputs))
 
 
+def op_arguments(node: fx.Node) -> Dict[str, Any]:
+    """``node``'s arguments by schema name, defaults filled in."""
+    schema = node.target._schema
+    values: Dict[str, Any] = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            values[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            values[arg.name] = node.kwargs[arg.name]
+        elif arg.has_default_value():
+            values[arg.name] = arg.default_value
+        else:
+            raise LoweringError(f"{node_label(node)}: missing argument {arg.name!r}")
+    return values
+
+
 def dtype_of(expr: relax.Expr) -> str:
     """The element type of a Relax tensor expression, as a string (``"float32"``)."""
     return str(expr.ty.dtype.dtype)

@@ -6,7 +6,11 @@
   ``call_tir`` on the input flattened to ``[M, K]`` and the packed weight-side arrays (with
   ``int8_activations``, its W4A8 variant). A format or layout without a kernel is an error
   naming the node: the backend never silently substitutes a dequantized dense product;
-* ``bitfold::fused_linear`` / ``bitfold::fused_conv2d`` → :mod:`.lower_dense`.
+* ``bitfold::fused_linear`` / ``bitfold::fused_conv2d`` → :mod:`.lower_dense`;
+* ``bitfold::quantized_embedding`` → :mod:`.lower_quantized_embedding` (rows decoded from
+  the packed table as they are looked up);
+* ``bitfold::gelu`` → the steps of :func:`bitfold.ir.stable_gelu.spell_gelu` as Relax
+  elementwise ops (fused into one kernel; ``exp`` becomes ``fast_exp`` like every other).
 """
 
 from __future__ import annotations
@@ -18,32 +22,18 @@ import torch
 from torch import fx
 from tvm import relax
 
-from bitfold.backends.tvm.importer import LoweringError, node_label
+from bitfold.backends.tvm.importer import LoweringError, dtype_of, node_label, op_arguments
 from bitfold.backends.tvm.lower_codebook_linear import lower_codebook_linear
 from bitfold.backends.tvm.kernel_call import call_row_kernel
 from bitfold.backends.tvm.lower_dense import emit_conv2d, emit_linear
 from bitfold.backends.tvm.lower_fake_quantize import codebook_grid, fake_quantize_te
+from bitfold.backends.tvm.lower_quantized_embedding import lower_quantized_embedding
+from bitfold.ir.stable_gelu import APPROXIMATIONS, spell_gelu
 
 if TYPE_CHECKING:
     from bitfold.backends.tvm.importer import Converter, GraphImporter
 
 bitfold_ops = torch.ops.bitfold
-
-
-def op_arguments(node: fx.Node) -> Dict[str, Any]:
-    """``node``'s arguments by schema name, defaults filled in."""
-    schema = node.target._schema
-    values: Dict[str, Any] = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args):
-            values[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            values[arg.name] = node.kwargs[arg.name]
-        elif arg.has_default_value():
-            values[arg.name] = arg.default_value
-        else:
-            raise LoweringError(f"{node_label(node)}: missing argument {arg.name!r}")
-    return values
 
 
 def _fake_quantize(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
@@ -83,6 +73,47 @@ def _fused_conv2d(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
     return emit_conv2d(imp, node, op_arguments(node))
 
 
+class RelaxArithmetic:
+    """:class:`~bitfold.ir.stable_gelu.Arithmetic` emitting Relax ops of one dtype, one binding per step."""
+
+    def __init__(self, builder: relax.BlockBuilder, dtype: str) -> None:
+        self.emit = builder.emit
+        self.dtype = dtype
+
+    def const(self, value: float) -> relax.Expr:
+        return relax.const(value, self.dtype)
+
+    def abs(self, x: relax.Expr) -> relax.Expr:
+        return self.emit(relax.op.abs(x))
+
+    def add(self, a: relax.Expr, b: relax.Expr) -> relax.Expr:
+        return self.emit(relax.op.add(a, b))
+
+    def sub(self, a: relax.Expr, b: relax.Expr) -> relax.Expr:
+        return self.emit(relax.op.subtract(a, b))
+
+    def mul(self, a: relax.Expr, b: relax.Expr) -> relax.Expr:
+        return self.emit(relax.op.multiply(a, b))
+
+    def div(self, a: relax.Expr, b: relax.Expr) -> relax.Expr:
+        return self.emit(relax.op.divide(a, b))
+
+    def exp(self, x: relax.Expr) -> relax.Expr:
+        return self.emit(relax.op.exp(x))
+
+    def where_negative(self, x: relax.Expr, if_negative: relax.Expr, otherwise: relax.Expr) -> relax.Expr:
+        negative = self.emit(relax.op.less(x, self.const(0.0)))
+        return self.emit(relax.op.where(negative, if_negative, otherwise))
+
+
+def _gelu(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
+    a = op_arguments(node)
+    if a["approximate"] not in APPROXIMATIONS:
+        raise LoweringError(f"{node_label(node)}: approximate={a['approximate']!r} is not one of {APPROXIMATIONS}")
+    x = imp.env[a["x"]]
+    return spell_gelu(x, RelaxArithmetic(imp.block_builder, dtype_of(x)), a["approximate"])
+
+
 def converters(imp: "GraphImporter") -> Dict[Any, "Converter"]:
     """Converters keyed by the bitfold op overloads themselves."""
     table = {
@@ -91,5 +122,7 @@ def converters(imp: "GraphImporter") -> Dict[Any, "Converter"]:
         bitfold_ops.codebook_linear.default: lower_codebook_linear,
         bitfold_ops.fused_linear.default: _fused_linear,
         bitfold_ops.fused_conv2d.default: _fused_conv2d,
+        bitfold_ops.gelu.default: _gelu,
+        bitfold_ops.quantized_embedding.default: lower_quantized_embedding,
     }
     return {op: (lambda node, fn=fn: fn(imp, node)) for op, fn in table.items()}

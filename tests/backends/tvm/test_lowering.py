@@ -192,3 +192,24 @@ def test_a_non_bool_where_condition_is_named():
     gm.recompile()
     with pytest.raises(LoweringError, match=r"node 'where' .*lowered to int64, not bool"):
         compile(gm, "llvm")
+
+
+class StableGelus(torch.nn.Module):
+    """bitfold::gelu in both forms, then a pre-shift and the E2M1 quantizer (MiniLM's FC2 input)."""
+
+    def forward(self, x):
+        shifted = torch.ops.bitfold.gelu(x) * 128.0
+        return (torch.ops.bitfold.gelu(x), torch.ops.bitfold.gelu(x, "tanh"),
+                torch.ops.bitfold.fake_quantize(shifted, "e2m1", torch.tensor(4.10093879699707)))
+
+
+def test_stable_gelu_matches_the_op_and_keeps_the_tail_codes():
+    x = torch.cat([torch.linspace(-12.0, 12.0, 48000), torch.linspace(-4.5, -1.5, 16000)]).reshape(1, -1)
+    model = StableGelus().eval()
+    cm = compile(model, "llvm", example_inputs=(x,))
+    want = model(x)
+    for name, got, ref in zip(("none", "tanh"), cm(x)[:2], want[:2]):
+        visible = ref.abs() > 1e-30
+        rel = float(((got - ref).abs() / ref.abs())[visible].max())
+        assert rel <= 5e-6, f"{name}: relative error {rel:.3g}"
+    assert torch.equal(cm(x)[2], want[2])
