@@ -72,23 +72,30 @@ def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
     return attr_value(gm, node.args[1]).detach().float()
 
 
-def select_layers(gm: fx.GraphModule, recipe: Recipe) -> Tuple[List[fx.Node], Dict[str, str]]:
-    """The linears the recipe quantizes, and the reason each other linear stays float."""
+def select_nodes(gm: fx.GraphModule, recipe: Recipe, target, kind: str, weight_arg: int,
+                 ) -> Tuple[List[fx.Node], Dict[str, str]]:
+    """The ``target`` nodes (layer kind ``kind``, constant weight at ``node.args[weight_arg]``)
+    the recipe quantizes, and the reason each other one stays float."""
     chosen, skipped = [], {}
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target != aten.linear.default:
+        if node.op != "call_function" or node.target != target:
             continue
-        names = (node.name, str(node.args[1].target))
+        names = (node.name, str(node.args[weight_arg].target))
         pattern = next((p for p in recipe.exclude if any(fnmatch.fnmatch(n, p) for n in names)), None)
-        if "linear" not in recipe.layers:
-            skipped[node.name] = "the recipe does not quantize linear layers"
-        elif attr_value(gm, node.args[1]) is None:
+        if kind not in recipe.layers:
+            skipped[node.name] = f"the recipe does not quantize {kind} layers (add '{kind}' to its layers)"
+        elif attr_value(gm, node.args[weight_arg]) is None:
             skipped[node.name] = "its weight is computed at run time"
         elif pattern is not None:
             skipped[node.name] = f"excluded by the recipe pattern {pattern!r}"
         else:
             chosen.append(node)
     return chosen, skipped
+
+
+def select_layers(gm: fx.GraphModule, recipe: Recipe) -> Tuple[List[fx.Node], Dict[str, str]]:
+    """The linears the recipe quantizes, and the reason each other linear stays float."""
+    return select_nodes(gm, recipe, aten.linear.default, "linear", 1)
 
 
 def _minmax_weight(W: torch.Tensor, spec: TensorSpec, fmt: formats.Format) -> WeightPlan:

@@ -11,14 +11,13 @@ up, not multiplied, so the table's own error is the output error.
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from typing import Dict, List, Tuple
 
 import torch
 from torch import fx
 
-from bitfold.api.plan import LayerReport, _dequant, _minmax_weight
+from bitfold.api.plan import LayerReport, _dequant, _minmax_weight, select_nodes
 from bitfold.ir import formats
 from bitfold.ir.graph_utils import attr_value
 from bitfold.passes.quantize_linears import WeightPlan
@@ -29,21 +28,7 @@ aten = torch.ops.aten
 
 def select_embeddings(gm: fx.GraphModule, recipe: Recipe) -> Tuple[List[fx.Node], Dict[str, str]]:
     """The embeddings the recipe quantizes, and why each other one stays float."""
-    chosen, skipped = [], {}
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target != aten.embedding.default:
-            continue
-        names = (node.name, str(node.args[0].target))
-        pattern = next((p for p in recipe.exclude if any(fnmatch.fnmatch(n, p) for n in names)), None)
-        if "embedding" not in recipe.layers:
-            skipped[node.name] = "the recipe does not quantize embeddings (add 'embedding' to its layers)"
-        elif attr_value(gm, node.args[0]) is None:
-            skipped[node.name] = "its table is computed at run time"
-        elif pattern is not None:
-            skipped[node.name] = f"excluded by the recipe pattern {pattern!r}"
-        else:
-            chosen.append(node)
-    return chosen, skipped
+    return select_nodes(gm, recipe, aten.embedding.default, "embedding", 0)
 
 
 def _table_error(W: torch.Tensor, Wq: torch.Tensor) -> float:

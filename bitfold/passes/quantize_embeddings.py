@@ -19,10 +19,10 @@ from typing import Dict
 import torch
 from torch import fx
 
-from bitfold.ir import formats, ops
-from bitfold.ir.graph_utils import attr_value, constant_node, remove_unused_constants
+from bitfold.ir import ops
+from bitfold.ir.graph_utils import attr_value, remove_unused_constants
 from bitfold.passes.base import Pass, PassError, PassResult
-from bitfold.passes.quantize_linears import WeightPlan
+from bitfold.passes.quantize_linears import WeightPlan, packed_weight_args
 
 aten = torch.ops.aten
 
@@ -53,17 +53,8 @@ class QuantizeEmbeddings(Pass):
             packed = ops.pack_weight(table.detach().float(), plan.fmt, plan.scale, plan.group_size, plan.zero_point,
                                      name=str(w_node.target))
             with gm.graph.inserting_before(node):
-                new = gm.graph.call_function(torch.ops.bitfold.quantized_embedding.default, (
-                    indices,
-                    constant_node(gm, f"{node.name}_packed_weight", packed.packed, parameter=False),
-                    formats.get(plan.fmt).name,
-                    packed.out_features,
-                    packed.in_features,
-                    constant_node(gm, f"{node.name}_weight_scale", packed.scale, parameter=False),
-                    plan.group_size,
-                    None if plan.zero_point is None else constant_node(
-                        gm, f"{node.name}_weight_zero_point", plan.zero_point.float(), parameter=False),
-                ))
+                new = gm.graph.call_function(torch.ops.bitfold.quantized_embedding.default,
+                                             (indices, *packed_weight_args(gm, node.name, packed, plan)))
             new.meta.update({k: v for k, v in node.meta.items() if k.startswith("bitfold") or k == "val"})
             new.meta["bitfold_layer"] = node.name
             node.replace_all_uses_with(new)

@@ -57,6 +57,21 @@ class WeightPlan:
     values: Optional[torch.Tensor] = None
 
 
+def packed_weight_args(gm: fx.GraphModule, name: str, packed: ops.PackedWeight, plan: WeightPlan) -> list:
+    """``packed_weight, fmt, N, K, weight_scale, group_size, weight_zero_point`` of a quantized
+    op, the tensors as new constants named after ``name`` (insert with ``inserting_before``)."""
+    return [
+        constant_node(gm, f"{name}_packed_weight", packed.packed, parameter=False),
+        formats.get(plan.fmt).name,
+        packed.out_features,
+        packed.in_features,
+        constant_node(gm, f"{name}_weight_scale", packed.scale, parameter=False),
+        plan.group_size,
+        None if plan.zero_point is None else constant_node(
+            gm, f"{name}_weight_zero_point", plan.zero_point.float(), parameter=False),
+    ]
+
+
 class QuantizeLinears(Pass):
     """Rewrite the linears named in ``weights`` into quantized ops (see the module docstring)."""
 
@@ -119,14 +134,7 @@ class QuantizeLinears(Pass):
             with gm.graph.inserting_before(node):
                 args = [
                     xq,
-                    constant_node(gm, f"{node.name}_packed_weight", packed.packed, parameter=False),
-                    formats.get(plan.fmt).name,
-                    packed.out_features,
-                    packed.in_features,
-                    constant_node(gm, f"{node.name}_weight_scale", packed.scale, parameter=False),
-                    plan.group_size,
-                    None if plan.zero_point is None else constant_node(
-                        gm, f"{node.name}_weight_zero_point", plan.zero_point.float(), parameter=False),
+                    *packed_weight_args(gm, node.name, packed, plan),
                     None if act is None or act.shift is None else constant_node(
                         gm, f"{node.name}_input_shift", act.shift.to(torch.int32), parameter=False),
                     bias,
