@@ -6,12 +6,13 @@ import fnmatch
 import itertools
 import os
 import time
-from typing import Any, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import onnx
 import torch
+from tqdm.auto import tqdm
 
-from bitfold.api.plan import plan_quantization, select_layers
+from bitfold.api.plan import Plan, plan_quantization, select_layers
 from bitfold.api.plan_embeddings import plan_embeddings, select_embeddings
 from bitfold.api.quantized_model import QuantizedModel
 from bitfold.ir import CaptureError, from_onnx, from_torch
@@ -71,12 +72,42 @@ def _split(
     PassManager([SplitLayers(spec.k, spec.per_channel, kinds=["linear"], layers=names)], sample_inputs=example).run(gm)
 
 
+def _calibrate_and_plan(gm: torch.fx.GraphModule, recipe: Recipe, data: Sequence[Tuple[Any, ...]],
+                        layers: Sequence[torch.fx.Node], layers_per_pass: Optional[int], progress: bool) -> Plan:
+    """Calibrate and plan ``layers``: all at once, or ``layers_per_pass`` at a time (whole groups
+    of linears sharing an input), one pass over the data each, so that only that many layers'
+    activation samples are ever held. The statistics, and so the plan, are the same either way."""
+    if layers_per_pass is None:
+        stats = calibrate(gm, data, layers=layers, max_tokens=recipe.calibration_tokens, progress=progress)
+        return plan_quantization(gm, recipe, stats, layers, progress=progress)
+    if layers_per_pass < 1:
+        raise ValueError(f"layers_per_pass must be a positive number of layers, got {layers_per_pass}")
+    groups: Dict[str, List[torch.fx.Node]] = {}
+    for node in layers:
+        groups.setdefault(node.args[0].name, []).append(node)
+    chunks: List[List[torch.fx.Node]] = [[]]
+    for members in groups.values():
+        if chunks[-1] and len(chunks[-1]) + len(members) > layers_per_pass:
+            chunks.append([])
+        chunks[-1].extend(members)
+    plan = Plan({}, {}, [], {})
+    for chunk in tqdm(chunks, desc="calibrating layer chunks", unit="chunk", disable=not progress):
+        stats = calibrate(gm, data, layers=chunk, max_tokens=recipe.calibration_tokens, progress=False)
+        part = plan_quantization(gm, recipe, stats, chunk)
+        plan.weights.update(part.weights)
+        plan.activations.update(part.activations)
+        plan.reports.extend(part.reports)
+        del stats
+    return plan
+
+
 def quantize(
     model: ModelLike,
     recipe: Union[str, os.PathLike, Recipe],
     calibration_data: Iterable[Any],
     example_inputs: Optional[Sequence[Any]] = None,
     progress: bool = True,
+    layers_per_pass: Optional[int] = None,
 ) -> QuantizedModel:
     """Quantize ``model`` (a module, an ONNX path or ``ModelProto``) with ``recipe``.
 
@@ -84,6 +115,10 @@ def quantize(
     model inputs (a tensor or a tuple of tensors per item), of which the recipe's
     ``calibration_samples`` are used. ``example_inputs`` (default: the first calibration
     item) are used to trace the model and to verify the equivalence-preserving passes.
+    ``layers_per_pass`` turns on layer-at-a-time calibration: that many linears (whole groups
+    sharing an input) are calibrated and planned per pass over the data, so memory holds
+    only their samples (``calibration_tokens × in_features`` floats each) — for models whose
+    calibration samples for every layer at once do not fit. Same result, more passes.
     """
     recipe = load_recipe(recipe)
     data = [_as_inputs(item) for item in itertools.islice(iter(calibration_data), recipe.calibration_samples)]
@@ -102,8 +137,7 @@ def quantize(
         layers, kept_float = select_layers(gm, recipe)
     if recipe.activations is not None:
         PassManager([StabilizeGelu(n.name for n in layers)], sample_inputs=example).run(gm)
-    stats = calibrate(gm, data, layers=layers, max_tokens=recipe.calibration_tokens, progress=progress)
-    plan = plan_quantization(gm, recipe, stats, layers, progress=progress)
+    plan = _calibrate_and_plan(gm, recipe, data, layers, layers_per_pass, progress)
     for report in plan.reports:
         part = next(n for n in layers if n.name == report.layer).meta.get(SPLIT_KEY)
         if part is not None:

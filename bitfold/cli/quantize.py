@@ -47,6 +47,9 @@ def add_parser(subparsers) -> None:
                    help="skip the per-layer analysis (then `bitfold report` needs --model and --calib)")
     p.add_argument("--no-sensitivity", action="store_true",
                    help="analyze without the per-layer sensitivity runs (one model run per layer)")
+    p.add_argument("--layers-per-pass", type=int, metavar="N",
+                   help="layer-at-a-time calibration: calibrate and plan N linears per pass over the data "
+                        "(bounded memory for large models; same result, more passes)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
     p.add_argument("-v", "--verbose", action="store_true", help="print the full per-layer table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or stage messages")
@@ -110,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
 
     say(f"quantizing {source.label} with {recipe.name}: capture, calibration on {len(data.items)} batch(es), "
         f"search")
-    q = bitfold.quantize(source.model, recipe, data.items, progress=not args.quiet)
+    if args.layers_per_pass is not None and args.layers_per_pass < 1:
+        raise CLIError(f"--layers-per-pass must be a positive number of layers, got {args.layers_per_pass}")
+    q = bitfold.quantize(source.model, recipe, data.items, progress=not args.quiet,
+                         layers_per_pass=args.layers_per_pass)
     q.save(out, overwrite=args.overwrite)
     save_example(str(out), data.evaluation[0])
     analysis = None

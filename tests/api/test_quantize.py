@@ -1,5 +1,7 @@
 """bitfold.quantize end to end on a small transformer-like model, save/load, errors."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -141,3 +143,31 @@ def test_float_shift_mode_moves_the_shift_into_the_weights():
     assert all(n.args[8] is None for n in _quantized_linears(q))  # no exponent shift on the quantized weight
     ids = torch.randint(0, 50, (2, 9))
     assert float((q(ids) - model(ids)).norm() / model(ids).norm()) < 0.6
+
+
+@pytest.mark.parametrize("recipe", ["w4a4-fp", "w4a4-int-smooth"])
+def test_layer_at_a_time_calibration_gives_the_same_model(recipe):
+    model = Block().eval()
+    data = _data()
+    whole = bitfold.quantize(model, recipe, data, progress=False)
+    chunked = bitfold.quantize(model, recipe, data, progress=False, layers_per_pass=2)
+    ids = torch.randint(0, 50, (2, 10))
+    assert torch.equal(whole(ids), chunked(ids))
+    assert [r.layer for r in whole.layers] == [r.layer for r in chunked.layers]
+    assert [r.act_scale for r in whole.layers] == [r.act_scale for r in chunked.layers]
+    with pytest.raises(ValueError, match="layers_per_pass must be a positive"):
+        bitfold.quantize(model, recipe, data, progress=False, layers_per_pass=0)
+
+
+def test_layer_at_a_time_keeps_groups_whole(monkeypatch):
+    quantize_module = importlib.import_module("bitfold.api.quantize")
+    seen = []
+    real = quantize_module.calibrate
+
+    def spy(gm, data, layers, **kwargs):
+        seen.append([n.name for n in layers])
+        return real(gm, data, layers=layers, **kwargs)
+
+    monkeypatch.setattr(quantize_module, "calibrate", spy)
+    bitfold.quantize(Block().eval(), "w4a4-int", _data(), progress=False, layers_per_pass=2)
+    assert [len(chunk) for chunk in seen] == [3, 2, 1]  # Q/K/V share an input: a chunk of 3 although 2 were asked

@@ -29,7 +29,7 @@ def test_factory_model_is_saved_with_analysis(mlp_w8a8):
 
 def test_summary_table(capsys, mlp_data, tmp_path):
     code, out, err = run_cli(capsys, "quantize", FACTORY, "--recipe", "w4a16-int-g128", "--calib", mlp_data,
-                             "-o", tmp_path / "q", "-q", "--no-sensitivity")
+                             "-o", tmp_path / "q", "-q", "--no-sensitivity", "--layers-per-pass", "1")
     assert code == 0 and err == ""
     assert "quantized layers  3 linear: 3 × uint4/group128" in out
     assert "bits/weight with scales)" in out and "output vs float   SQNR" in out
@@ -91,6 +91,7 @@ def test_user_errors_are_one_line(capsys, tmp_path, mlp_data, onnx_data):
     assert "has no bundled preprocessing" in err
     assert "no such file, folder or bundled data set" in _error(
         capsys, "quantize", FACTORY, "--recipe", "w8a8-int", "--calib", tmp_path / "nope", "-o", tmp_path / "o")
+    assert "--layers-per-pass must be a positive" in _error(capsys, "quantize", FACTORY, *base, "--layers-per-pass", "0")
     assert not (tmp_path / "o").exists()
 
 
