@@ -25,32 +25,20 @@ import torch
 from onnx import TensorProto
 
 from bitfold.backends.onnx.emitter import Emitter
+from bitfold.backends.onnx.lower_quantized_linear import packed_weight
 from bitfold.backends.onnx.lowering import BitfoldNode, LoweringContext
 from bitfold.backends.onnx.registry import register_lowering
 from bitfold.backends.onnx.weight_storage import weight_codes
 from bitfold.ir import formats
 from bitfold.ir.formats import BlockFormat
-from bitfold.ir.ops import PackedWeight
 
 # quantized_embedding(indices, packed_weight, fmt, num_embeddings, embedding_dim, weight_scale,
 #                     group_size, weight_zero_point): tensor inputs in that order.
-_IDS, _PACKED, _SCALE, _ZERO = range(4)
+_IDS = 0
 
 
 def _output(indices, packed_weight, fmt, num_embeddings, embedding_dim, *args, **kwargs):
     return (*indices.shape, embedding_dim), torch.float32
-
-
-def _table(node: BitfoldNode, ctx: LoweringContext) -> PackedWeight:
-    zero = ctx.value(node.input(_ZERO))
-    if node.input(_ZERO) and zero is None:
-        raise ctx.fail(node, "its zero point must be a constant to export")
-    return PackedWeight(
-        torch.from_numpy(ctx.require(node, _PACKED, "packed table")), node.attrs["fmt"],
-        int(node.attrs["num_embeddings"]), int(node.attrs["embedding_dim"]),
-        torch.from_numpy(ctx.require(node, _SCALE, "scale")), node.attrs.get("group_size"),
-        None if zero is None else torch.from_numpy(zero),
-    )
 
 
 def _row_codes(codes: np.ndarray, bits: int, padded: int) -> np.ndarray:
@@ -75,7 +63,7 @@ def _unpack_rows(em: Emitter, rows: str, bits: int, keep: List[int]) -> str:
 
 @register_lowering(torch.ops.bitfold.quantized_embedding.default, output=_output)
 def lower_quantized_embedding(node: BitfoldNode, ctx: LoweringContext) -> None:
-    table = _table(node, ctx)
+    table = packed_weight(node, ctx, "num_embeddings", "embedding_dim")
     fmt = formats.get(table.fmt)
     ids = node.input(_IDS)
     em = ctx.emitter(node)

@@ -32,13 +32,16 @@ def _output(x, packed_weight, fmt, out_features, *args, **kwargs):
     return (*x.shape[:-1], out_features), x.dtype
 
 
-def _packed_weight(node: BitfoldNode, ctx: LoweringContext) -> PackedWeight:
+def packed_weight(node: BitfoldNode, ctx: LoweringContext, rows: str = "out_features",
+                  columns: str = "in_features") -> PackedWeight:
+    """The constant packed weight of a quantized op whose tensor inputs 1, 2, 3 are the packed
+    codes, the scale and the zero point, its shape in the attributes ``rows`` × ``columns``."""
     zero = ctx.value(node.input(_ZERO))
     if node.input(_ZERO) and zero is None:
         raise ctx.fail(node, "its weight zero point must be a constant to export")
     return PackedWeight(
         torch.from_numpy(ctx.require(node, _PACKED, "packed weight")), node.attrs["fmt"],
-        int(node.attrs["out_features"]), int(node.attrs["in_features"]),
+        int(node.attrs[rows]), int(node.attrs[columns]),
         torch.from_numpy(ctx.require(node, _SCALE, "weight scale")), node.attrs.get("group_size"),
         None if zero is None else torch.from_numpy(zero),
     )
@@ -57,7 +60,7 @@ def _exact_pow2(k: torch.Tensor) -> np.ndarray:
 
 @register_lowering(torch.ops.bitfold.quantized_linear.default, output=_output)
 def lower_quantized_linear(node: BitfoldNode, ctx: LoweringContext) -> None:
-    weight = _packed_weight(node, ctx)
+    weight = packed_weight(node, ctx)
     shift = _shift(node, ctx)
     x, bias = node.input(_X), node.input(_BIAS)
     em = ctx.emitter(node)
