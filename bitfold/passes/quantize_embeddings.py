@@ -22,7 +22,7 @@ from torch import fx
 from bitfold.ir import ops
 from bitfold.ir.graph_utils import attr_value, remove_unused_constants
 from bitfold.passes.base import Pass, PassError, PassResult
-from bitfold.passes.quantize_linears import WeightPlan, packed_weight_args
+from bitfold.passes.quantize_linears import WeightPlan, packed_weight_args, replace_layer, require_layers
 
 aten = torch.ops.aten
 
@@ -36,10 +36,7 @@ class QuantizeEmbeddings(Pass):
         self.plans = plans
 
     def requires(self, gm: fx.GraphModule) -> None:
-        names = {n.name for n in gm.graph.nodes if n.target == aten.embedding.default}
-        missing = sorted(set(self.plans) - names)
-        if missing:
-            raise PassError(f"quantize_embeddings: no embedding node named {', '.join(missing)}")
+        require_layers(gm, self.plans, aten.embedding.default, "quantize_embeddings", "embedding")
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         for node in list(gm.graph.nodes):
@@ -55,10 +52,7 @@ class QuantizeEmbeddings(Pass):
             with gm.graph.inserting_before(node):
                 new = gm.graph.call_function(torch.ops.bitfold.quantized_embedding.default,
                                              (indices, *packed_weight_args(gm, node.name, packed, plan)))
-            new.meta.update({k: v for k, v in node.meta.items() if k.startswith("bitfold") or k == "val"})
-            new.meta["bitfold_layer"] = node.name
-            node.replace_all_uses_with(new)
-            gm.graph.erase_node(node)
+            replace_layer(gm, node, new)
         gm.graph.eliminate_dead_code()
         remove_unused_constants(gm)
         return PassResult(gm, bool(self.plans))

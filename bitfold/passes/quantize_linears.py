@@ -20,7 +20,7 @@ producer. Weight-only plans skip the activation part. This pass changes numerics
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import torch
 from torch import fx
@@ -72,6 +72,22 @@ def packed_weight_args(gm: fx.GraphModule, name: str, packed: ops.PackedWeight, 
     ]
 
 
+def replace_layer(gm: fx.GraphModule, node: fx.Node, new: fx.Node) -> None:
+    """Put quantized op ``new`` in place of layer ``node``, keeping its bitfold metadata and shape."""
+    new.meta.update({k: v for k, v in node.meta.items() if k.startswith("bitfold") or k == "val"})
+    new.meta["bitfold_layer"] = node.name
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
+def require_layers(gm: fx.GraphModule, names: Iterable[str], target: Any, pass_name: str, kind: str) -> None:
+    """A :class:`PassError` unless every name in ``names`` is a ``target`` node of ``gm``."""
+    present = {n.name for n in gm.graph.nodes if n.target == target}
+    missing = sorted(set(names) - present)
+    if missing:
+        raise PassError(f"{pass_name}: no {kind} node named {', '.join(missing)}")
+
+
 class QuantizeLinears(Pass):
     """Rewrite the linears named in ``weights`` into quantized ops (see the module docstring)."""
 
@@ -82,10 +98,7 @@ class QuantizeLinears(Pass):
         self.activations = activations
 
     def requires(self, gm: fx.GraphModule) -> None:
-        names = {n.name for n in gm.graph.nodes if n.target == aten.linear.default}
-        missing = sorted(set(self.weights) - names)
-        if missing:
-            raise PassError(f"quantize_linears: no linear node named {', '.join(missing)}")
+        require_layers(gm, self.weights, aten.linear.default, "quantize_linears", "linear")
 
     def _quantized_input(self, gm: fx.GraphModule, x: fx.Node, cache: Dict[str, fx.Node], first_user: fx.Node) -> fx.Node:
         """The quantized ``x``, built once before its first quantized consumer."""
@@ -140,10 +153,7 @@ class QuantizeLinears(Pass):
                     bias,
                 ]
                 new = gm.graph.call_function(torch.ops.bitfold.quantized_linear.default, tuple(args))
-            new.meta.update({k: v for k, v in node.meta.items() if k.startswith("bitfold") or k == "val"})
-            new.meta["bitfold_layer"] = node.name
-            node.replace_all_uses_with(new)
-            gm.graph.erase_node(node)
+            replace_layer(gm, node, new)
         gm.graph.eliminate_dead_code()
         remove_unused_constants(gm)
         return PassResult(gm, bool(self.weights))

@@ -49,15 +49,15 @@ def _row_codes(codes: np.ndarray, bits: int, padded: int) -> np.ndarray:
     return codes[:, 0::2] | (codes[:, 1::2] << 4)
 
 
-def _unpack_rows(em: Emitter, rows: str, bits: int, keep: List[int]) -> str:
+def _unpack_rows(em: Emitter, rows: str, bits: int, keep: List[int], last_axis: str) -> str:
     """Bytes ``[..., P]`` → codes ``[..., 2P]`` (low nibble first) for bits ≤ 4."""
     if bits > 4:
         return rows
     four = em.const(np.array(4, np.uint8), "four")
     low = em.op("BitwiseAnd", rows, em.const(np.array(15, np.uint8), "low_mask"), hint="low_codes")
     high = em.op("BitShift", rows, four, direction="RIGHT", hint="high_codes")
-    axis = em.ints([-1], "last_axis")
-    pairs = em.op("Concat", em.op("Unsqueeze", low, axis), em.op("Unsqueeze", high, axis), axis=-1, hint="code_pairs")
+    pairs = em.op("Concat", em.op("Unsqueeze", low, last_axis), em.op("Unsqueeze", high, last_axis), axis=-1,
+                  hint="code_pairs")
     return em.op("Reshape", pairs, em.ints(keep + [-1], "codes_shape"), hint="codes")
 
 
@@ -88,31 +88,36 @@ def lower_quantized_embedding(node: BitfoldNode, ctx: LoweringContext) -> None:
     padded = D if g is None else -(-D // g) * g
     padded += padded % 2 if fmt.bits <= 4 else 0
     stored = _row_codes(weight_codes(table), fmt.bits, padded)
+    last_axis, start = em.ints([-1], "last_axis"), em.ints([0], "start")
+
+    def first_columns(x: str, width: int, hint: str) -> str:
+        return em.op("Slice", x, start, em.ints([width], hint), last_axis)
+
+    def rows_of(values: np.ndarray, hint: str) -> str:
+        """``values[ids]`` as ``[..., groups, 1]`` (per group) or ``[..., 1]`` (per row)."""
+        table_ = values if g is not None else values[:, 0]
+        return em.op("Unsqueeze", em.op("Gather", em.const(table_, hint), ids, axis=0), last_axis)
+
     rows = em.op("Gather", em.const(stored, "codes"), ids, axis=0, hint="code_rows")
-    codes = _unpack_rows(em, rows, fmt.bits, keep)
+    codes = _unpack_rows(em, rows, fmt.bits, keep, last_axis)
     levels = em.op("Gather", em.const(fmt.codes.numpy().astype(np.float32), "code_table"),
                    em.op("Cast", codes, to=TensorProto.INT64), hint="levels")
     scale = table.scale.detach().float().numpy().reshape(V, -1)
     groups = scale.shape[1]
     if g is not None:
-        levels = em.op("Reshape", em.op("Slice", levels, em.ints([0], "start"), em.ints([groups * g], "grouped"),
-                                        em.ints([-1], "last_axis")),
-                       em.ints(keep + [groups, g], "group_view"))
+        levels = em.op("Reshape", first_columns(levels, groups * g, "grouped"), em.ints(keep + [groups, g], "group_view"))
     else:
-        levels = em.op("Slice", levels, em.ints([0], "start"), em.ints([D], "width"), em.ints([-1], "last_axis"))
-    axis = em.ints([-1], "last_axis")
+        levels = first_columns(levels, D, "width")
     nbytes = stored.nbytes + scale.nbytes
     if table.zero_point is not None:
         zero = np.round(table.zero_point.detach().float().numpy().reshape(V, -1)).astype(np.float32)
-        zero_rows = em.op("Gather", em.const(zero if g is not None else zero[:, 0], "zero_point"), ids, axis=0)
-        levels = em.op("Sub", levels, em.op("Unsqueeze", zero_rows, axis), hint="centered")
+        levels = em.op("Sub", levels, rows_of(zero, "zero_point"), hint="centered")
         nbytes += zero.nbytes
-    scale_rows = em.op("Gather", em.const(scale if g is not None else scale[:, 0], "scale"), ids, axis=0)
-    y = em.op("Mul", levels, em.op("Unsqueeze", scale_rows, axis), hint="rows")
+    y = em.op("Mul", levels, rows_of(scale, "scale"), hint="rows")
     if g is not None:
         y = em.op("Reshape", y, em.ints(keep + [-1], "flat_view"))
         if groups * g != D:
-            y = em.op("Slice", y, em.ints([0], "start"), em.ints([D], "width"), em.ints([-1], "last_axis"))
+            y = first_columns(y, D, "width")
     container = "uint8 (4-bit pairs)" if fmt.bits <= 4 else "uint8"
     facts.update(lowering=f"Gather rows of {container} codes, then decode", container=container,
                  stored_bytes=int(nbytes))
