@@ -9,8 +9,9 @@ SplitQuant INT2 model can be compared with plain INT3/INT4 models of about the s
   Rotten Tomatoes snippets (calibration: 128 others);
 * ``smollm2``: perplexity on held-out 256-token windows of Hamlet (calibration: 4 other windows);
 * ``fmnist-cnn``: a small CNN trained here on Fashion-MNIST in under a minute (seeded), top-1
-  accuracy on the 10,000 test images. Only its linear layers are quantized (``bitfold.quantize``
-  quantizes linears; the two convolutions, 2% of the weights, stay float).
+  accuracy on the 10,000 test images. Only its linear layers are quantized: the SplitQuant
+  comparison recipes (``w2a16-int``, ``w3a16-int``, ``w4a16-int`` and the split ones) quantize
+  linears only, so the two convolutions, 2% of the weights, stay float.
 
 A variant is a recipe name, optionally with SplitQuant settings after a colon (joined by ``+``),
 which add a split to any recipe or change the recipe's own: ``w2a16-int-split:k=2``,

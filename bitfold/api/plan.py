@@ -3,7 +3,13 @@
 Linears that read the same input node form a group (Q/K/V, gate/up): the group shares one
 activation quantizer (and one pre-shift vector ``k``, as LLM-FP4 requires), and its weights
 are searched as one stacked matrix, so the activation choice minimizes the error of all of
-the group's outputs together. Per method:
+the group's outputs together. A convolution is planned as the linear layer over its input
+patches (:mod:`bitfold.ir.conv_patches`); convolutions of one geometry reading one input
+form a group. Per-input-channel factors (pre-shift, SmoothQuant) need a pointwise (1×1,
+ungrouped) convolution, where a patch column is a channel; other convolutions get a plain
+per-tensor activation quantizer, and grouped ones round their weights to nearest (their
+calibration sample holds a few rows per group, too few for GPTQ's per-group Hessians).
+Per method:
 
 * ``minmax``: symmetric scales ``amax / max`` (weights per output channel or group,
   activations per tensor); asymmetric INT weights use ``(max - min) / (2^b - 1)`` and a
@@ -31,12 +37,13 @@ from torch import fx
 from tqdm.auto import tqdm
 
 from bitfold.ir import formats
+from bitfold.ir.conv_patches import CONV2D, ConvGeometry, grouped_product
 from bitfold.ir.graph_utils import attr_value
 from bitfold.passes.calibration import LayerStats
 from bitfold.passes.fp_search import float_format, quantize_rows, refine_weights, search_layer
 from bitfold.passes.gptq import gptq_round
 from bitfold.passes.preshift import apply_preshift, preshift_exponents, search_preshift, search_preshift_rho
-from bitfold.passes.quantize_linears import ActivationPlan, WeightPlan
+from bitfold.passes.quantize_linears import ActivationPlan, WeightPlan, input_key
 from bitfold.recipes import Recipe, TensorSpec
 
 aten = torch.ops.aten
@@ -48,7 +55,7 @@ class LayerReport:
 
     layer: str
     weight_name: str
-    shape: Tuple[int, int]
+    shape: Tuple[int, ...]
     weight_format: str
     granularity: str
     act_format: Optional[str] = None
@@ -69,7 +76,14 @@ class Plan:
 
 
 def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
-    return attr_value(gm, node.args[1]).detach().float()
+    """The layer's weight as the ``[N, K]`` matrix its quantizer sees (a conv's flattened per output channel)."""
+    weight = attr_value(gm, node.args[1]).detach().float()
+    return weight.reshape(weight.shape[0], -1)
+
+
+def conv_geometry(gm: fx.GraphModule, node: fx.Node) -> Optional[ConvGeometry]:
+    """The geometry of a convolution layer; ``None`` for a linear."""
+    return ConvGeometry.of(node, attr_value(gm, node.args[1])) if node.target == CONV2D else None
 
 
 def select_nodes(gm: fx.GraphModule, recipe: Recipe, target, kind: str, weight_arg: int,
@@ -94,8 +108,27 @@ def select_nodes(gm: fx.GraphModule, recipe: Recipe, target, kind: str, weight_a
 
 
 def select_layers(gm: fx.GraphModule, recipe: Recipe) -> Tuple[List[fx.Node], Dict[str, str]]:
-    """The linears the recipe quantizes, and the reason each other linear stays float."""
-    return select_nodes(gm, recipe, aten.linear.default, "linear", 1)
+    """The linears and 2-D convolutions the recipe quantizes, and the reason each other one stays float."""
+    linears, skipped = select_nodes(gm, recipe, aten.linear.default, "linear", 1)
+    convs, skipped_convs = select_nodes(gm, recipe, CONV2D, "conv", 1)
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    return sorted(linears + convs, key=order.__getitem__), {**skipped, **skipped_convs}
+
+
+def _channel_factors_dropped(recipe: Recipe) -> Tuple[Recipe, List[str]]:
+    """``recipe`` without per-input-channel factors, for a convolution whose patch columns are
+    not channels; and a note saying what was dropped."""
+    aspec = recipe.activations
+    dropped = []
+    if aspec is not None and aspec.preshift_mode() is not None:
+        dropped.append("pre-shift")
+        aspec = replace(aspec, preshift=False, shift_weights="quantized")
+    if recipe.smoothquant_alpha is not None:
+        dropped.append("SmoothQuant factors")
+    if not dropped:
+        return recipe, []
+    return replace(recipe, activations=aspec, smoothquant_alpha=None), [
+        f"no {' or '.join(dropped)}: per-input-channel factors need a pointwise (1x1, ungrouped) convolution"]
 
 
 def _minmax_weight(W: torch.Tensor, spec: TensorSpec, fmt: formats.Format) -> WeightPlan:
@@ -111,9 +144,12 @@ def _minmax_weight(W: torch.Tensor, spec: TensorSpec, fmt: formats.Format) -> We
     return WeightPlan(fmt.name, scale, group)
 
 
-def _rel_error(X: torch.Tensor, W: torch.Tensor, Xq: torch.Tensor, Wq: torch.Tensor) -> float:
-    ref = X @ W.T
-    return float(((Xq @ Wq.T - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30)).sqrt())
+def _rel_error(X: torch.Tensor, W: torch.Tensor, Xq: torch.Tensor, Wq: torch.Tensor,
+               group: Optional[torch.Tensor] = None, groups: int = 1) -> float:
+    """Relative output error over the sample; a grouped convolution's rows meet only their group's weights."""
+    ref = grouped_product(X, W, group, groups)
+    got = grouped_product(Xq, Wq, group, groups)
+    return float(((got - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30)).sqrt())
 
 
 def _dequant(W: torch.Tensor, plan: WeightPlan) -> torch.Tensor:
@@ -220,62 +256,82 @@ def plan_quantization(
     seconds per group)."""
     groups: Dict[str, List[fx.Node]] = {}
     for node in layers:
-        groups.setdefault(node.args[0].name, []).append(node)
+        groups.setdefault(input_key(gm, node), []).append(node)
     weights: Dict[str, WeightPlan] = {}
     activations: Dict[str, ActivationPlan] = {}
     reports: List[LayerReport] = []
-    wspec, aspec = recipe.weights, recipe.activations
     bar = tqdm(groups.items(), total=len(groups), desc=f"planning ({recipe.name})", unit="group", disable=not progress)
-    for input_name, members in bar:
+    for key, members in bar:
         start = time.perf_counter()
-        st = stats[members[0].name]
-        X = st.sample.float()
-        Ws = [_weight(gm, n) for n in members]
-        W = torch.cat(Ws)
-        sizes = [w.shape[0] for w in Ws]
-        act_plan: Optional[ActivationPlan] = None
-        Xq = X
-        if recipe.smoothquant_alpha is not None:
-            alpha = recipe.smoothquant_alpha
-            smooth = (st.channel_absmax.clamp_min(1e-5) ** alpha / W.abs().amax(0).clamp_min(1e-5) ** (1 - alpha))
-            X, W = X / smooth, W * smooth
-            Ws = list(W.split(sizes))
-        else:
-            smooth = None
-        preshift = aspec.preshift_mode() if aspec is not None else None
-        if wspec.method == "search" and wspec.kind == "fp" and wspec.granularity == "channel":
-            w_plans, act_plan, Wq, Xq = _search_fp(recipe, W, X, sizes, st.channel_absmax, smooth)
-        else:
-            wfmt = formats.get(recipe.weight_formats()[0])
-            w_plans = [_minmax_weight(w, wspec, wfmt) for w in Ws]
-            if aspec is not None:
-                afmt = formats.get(recipe.activation_formats()[0])
-                act_plan = ActivationPlan(afmt.name, max(float(X.abs().max()), 1e-12) / afmt.max, smooth=smooth)
-            Wq = torch.cat([_dequant(w, p) for w, p in zip(Ws, w_plans)])
-            if act_plan is not None and preshift is not None:
-                afmt = float_format(act_plan.fmt)
-                _, k = preshift_exponents(st.channel_absmax, afmt)
-                found = search_preshift_rho(W, X, k, afmt, Wq, channel_max=st.channel_absmax,
-                                            grid=recipe.search.grid, points=recipe.search.points,
-                                            stride=recipe.search.stride)
-                act_plan = ActivationPlan(afmt.name, float(afmt.scale_for_bias(found.rho)), shift=k)
-            if act_plan is not None:
-                Xq = _quantize_input(X, act_plan)
-        if wspec.rounding == "gptq":
-            w_plans, Wq = _gptq_plans(W, Xq, w_plans)
+        geometry = conv_geometry(gm, members[0])
+        notes: List[str] = []
+        group_recipe = recipe
+        if geometry is not None:
+            notes.append(f"conv {geometry.describe()}: quantized as a {geometry.in_features}-feature linear "
+                         "over its input patches")
+            if not geometry.pointwise:
+                group_recipe, dropped = _channel_factors_dropped(recipe)
+                notes += dropped
+            if geometry.groups > 1 and recipe.weights.rounding == "gptq":
+                group_recipe = replace(group_recipe, weights=replace(group_recipe.weights, rounding="nearest"))
+                notes.append("weights rounded to nearest: a grouped convolution's sample has too few rows per "
+                             "group for GPTQ")
+        act_plan, w_plans, error = _plan_group(gm, group_recipe, stats[members[0].name], members,
+                                               1 if geometry is None else geometry.groups)
         if act_plan is not None:
-            activations[input_name] = act_plan
-        error = _rel_error(X, W, Xq, Wq)
+            activations[key] = act_plan
         seconds = time.perf_counter() - start
-        for node, w, p in zip(members, Ws, w_plans):
+        for node, p in zip(members, w_plans):
             weights[node.name] = p
             reports.append(LayerReport(
-                layer=node.name, weight_name=str(node.args[1].target), shape=tuple(w.shape), weight_format=p.fmt,
+                layer=node.name, weight_name=str(node.args[1].target),
+                shape=tuple(attr_value(gm, node.args[1]).shape), weight_format=p.fmt,
                 granularity=f"group{p.group_size}" if p.group_size else "channel",
                 act_format=None if act_plan is None else act_plan.fmt,
                 act_scale=None if act_plan is None else act_plan.scale,
                 shift_range=None if act_plan is None or act_plan.shift is None else
                 (int(act_plan.shift.min()), int(act_plan.shift.max())),
-                group=input_name, output_rel_error=error, seconds=seconds / len(members),
+                group=key, output_rel_error=error, seconds=seconds / len(members), notes=list(notes),
             ))
     return Plan(weights, activations, reports, {})
+
+
+def _plan_group(gm: fx.GraphModule, recipe: Recipe, st: LayerStats, members: List[fx.Node], groups: int,
+                ) -> Tuple[Optional[ActivationPlan], List[WeightPlan], float]:
+    """The activation plan, weight plans and relative output error of one group of layers sharing an input."""
+    wspec, aspec = recipe.weights, recipe.activations
+    X = st.sample.float()
+    Ws = [_weight(gm, n) for n in members]
+    W = torch.cat(Ws)
+    sizes = [w.shape[0] for w in Ws]
+    act_plan: Optional[ActivationPlan] = None
+    Xq = X
+    if recipe.smoothquant_alpha is not None:
+        alpha = recipe.smoothquant_alpha
+        smooth = (st.channel_absmax.clamp_min(1e-5) ** alpha / W.abs().amax(0).clamp_min(1e-5) ** (1 - alpha))
+        X, W = X / smooth, W * smooth
+        Ws = list(W.split(sizes))
+    else:
+        smooth = None
+    preshift = aspec.preshift_mode() if aspec is not None else None
+    if wspec.method == "search" and wspec.kind == "fp" and wspec.granularity == "channel":
+        w_plans, act_plan, Wq, Xq = _search_fp(recipe, W, X, sizes, st.channel_absmax, smooth)
+    else:
+        wfmt = formats.get(recipe.weight_formats()[0])
+        w_plans = [_minmax_weight(w, wspec, wfmt) for w in Ws]
+        if aspec is not None:
+            afmt = formats.get(recipe.activation_formats()[0])
+            act_plan = ActivationPlan(afmt.name, max(float(X.abs().max()), 1e-12) / afmt.max, smooth=smooth)
+        Wq = torch.cat([_dequant(w, p) for w, p in zip(Ws, w_plans)])
+        if act_plan is not None and preshift is not None:
+            afmt = float_format(act_plan.fmt)
+            _, k = preshift_exponents(st.channel_absmax, afmt)
+            found = search_preshift_rho(W, X, k, afmt, Wq, channel_max=st.channel_absmax,
+                                        grid=recipe.search.grid, points=recipe.search.points,
+                                        stride=recipe.search.stride)
+            act_plan = ActivationPlan(afmt.name, float(afmt.scale_for_bias(found.rho)), shift=k)
+        if act_plan is not None:
+            Xq = _quantize_input(X, act_plan)
+    if wspec.rounding == "gptq":
+        w_plans, Wq = _gptq_plans(W, Xq, w_plans)
+    return act_plan, w_plans, _rel_error(X, W, Xq, Wq, st.sample_group, groups)

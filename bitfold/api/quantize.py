@@ -20,8 +20,9 @@ from bitfold.passes import EliminateDeadCode, PassManager, run_standard_passes
 from bitfold.passes.calibration import calibrate
 from bitfold.passes.fold_preshift import FoldPreshift
 from bitfold.passes.fuse_split_linears import FuseSplitLinears
+from bitfold.passes.quantize_convs import QuantizeConvs
 from bitfold.passes.quantize_embeddings import QuantizeEmbeddings
-from bitfold.passes.quantize_linears import QuantizeLinears
+from bitfold.passes.quantize_linears import QuantizeLinears, input_key
 from bitfold.passes.split_layers import SPLIT_KEY, SplitLayers
 from bitfold.passes.stabilize_gelu import StabilizeGelu
 from bitfold.recipes import Recipe, SplitSpec, load_recipe
@@ -67,7 +68,7 @@ def _split(
     gm: torch.fx.GraphModule, spec: SplitSpec, layers: Sequence[torch.fx.Node], example: Tuple[Any, ...]
 ) -> None:
     """SplitQuant: split the chosen layers of the kinds ``spec`` names (verified on ``example``)."""
-    names = [n.name for n in layers if "linear" in spec.layers and not any(
+    names = [n.name for n in layers if n.target == torch.ops.aten.linear.default and "linear" in spec.layers and not any(
         fnmatch.fnmatch(name, p) for p in spec.exclude for name in (n.name, str(n.args[1].target)))]
     PassManager([SplitLayers(spec.k, spec.per_channel, kinds=["linear"], layers=names)], sample_inputs=example).run(gm)
 
@@ -75,7 +76,7 @@ def _split(
 def _calibrate_and_plan(gm: torch.fx.GraphModule, recipe: Recipe, data: Sequence[Tuple[Any, ...]],
                         layers: Sequence[torch.fx.Node], layers_per_pass: Optional[int], progress: bool) -> Plan:
     """Calibrate and plan ``layers``: all at once, or ``layers_per_pass`` at a time (whole groups
-    of linears sharing an input), one pass over the data each, so that only that many layers'
+    of layers sharing an input), one pass over the data each, so that only that many layers'
     activation samples are ever held. The statistics, and so the plan, are the same either way."""
     if layers_per_pass is None:
         stats = calibrate(gm, data, layers=layers, max_tokens=recipe.calibration_tokens, progress=progress)
@@ -84,7 +85,7 @@ def _calibrate_and_plan(gm: torch.fx.GraphModule, recipe: Recipe, data: Sequence
         raise ValueError(f"layers_per_pass must be a positive number of layers, got {layers_per_pass}")
     groups: Dict[str, List[torch.fx.Node]] = {}
     for node in layers:
-        groups.setdefault(node.args[0].name, []).append(node)
+        groups.setdefault(input_key(gm, node), []).append(node)
     chunks: List[List[torch.fx.Node]] = [[]]
     for members in groups.values():
         if chunks[-1] and len(chunks[-1]) + len(members) > layers_per_pass:
@@ -142,7 +143,9 @@ def quantize(
         part = next(n for n in layers if n.name == report.layer).meta.get(SPLIT_KEY)
         if part is not None:
             report.notes.append(f"SplitQuant part {part['part'] + 1}/{part['clusters']} of {part['layer']}")
-    QuantizeLinears(plan.weights, plan.activations).run(gm)
+    convs = {n.name for n in layers if n.target == torch.ops.aten.conv2d.default}
+    QuantizeLinears({k: p for k, p in plan.weights.items() if k not in convs}, plan.activations).run(gm)
+    QuantizeConvs({k: p for k, p in plan.weights.items() if k in convs}, plan.activations).run(gm)
     embeddings, _ = select_embeddings(gm, recipe)
     table_plans, table_reports = plan_embeddings(gm, recipe, embeddings)
     QuantizeEmbeddings(table_plans).run(gm)

@@ -23,6 +23,7 @@ _WEIGHT_ARGS = {
     torch.ops.bitfold.quantized_linear.default: ((3, 4), {"codes": (1,), "scales": (5, 7)}),
     torch.ops.bitfold.codebook_linear.default: ((4, 5), {"codes": (1,), "cluster_ids": (2,), "scales": (7, 9)}),
     torch.ops.bitfold.quantized_embedding.default: ((3, 4), {"codes": (1,), "scales": (5, 7)}),
+    torch.ops.bitfold.quantized_conv2d.default: ((3, 4), {"codes": (1,), "scales": (5, 7)}),
 }
 
 
@@ -111,7 +112,7 @@ class QuantizedModel:
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
         line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
         out = [f"recipe {self.recipe.get('name')} (v{self.recipe.get('version')}): "
-               f"{len(self.layers)} layers quantized, {len(self.kept_float)} linears kept float",
+               f"{len(self.layers)} layers quantized, {len(self.kept_float)} layers kept float",
                line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
         for name, why in self.kept_float.items():
             out.append(f"float: {name}: {why}")

@@ -4,7 +4,7 @@ For a model (ONNX file, bundled name, ``module:factory``): the canonical graph's
 its quantizable layers, every other op with the reason it stays float, the rewrite rules
 that declined a match and why, and with ``--recipe`` which linears that recipe would
 quantize or keep float. For a quantized OUT_DIR: the format, scales / exponent biases and
-pre-shifts chosen per layer, the linears kept float and why, and the graph summary.
+pre-shifts chosen per layer, the layers kept float and why, and the graph summary.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _inspect_quantized(directory: Path) -> str:
              f"{recipe.get('description')}", "",
              f"quantized layers ({len(rows)}): formats, and the exponent bias (FP) or scale (INT) per channel/group"]
     lines += format_table(["layer", "shape", "weight", "weight bias/scale", "act", "act bias/scale", "shift k"], rows)
-    lines += ["", f"linears kept float ({len(q.kept_float)}):"]
+    lines += ["", f"layers kept float ({len(q.kept_float)}):"]
     lines += [f"  {name}: {why}" for name, why in q.kept_float.items()] or ["  none"]
     lines += ["", summarize(gm)]
     lines += _rule_notes(gm)
@@ -105,14 +105,14 @@ def _inspect_quantized(directory: Path) -> str:
 
 
 def _other_quantizable(gm) -> List[Tuple[str, str]]:
-    """(name, kind) of the quantizable layers that are not linears (convs, activation matmuls,
-    embeddings): every recipe leaves them float for now."""
+    """(name, kind) of the quantizable layers that no recipe quantizes yet (activation matmuls)."""
     from bitfold.ir.quantizable import classify
 
     found = []
     for node in gm.graph.nodes:
         decision = classify(gm, node) if node.op == "call_function" else None
-        if decision is not None and decision.quantizable and decision.kind not in ("linear", "quantized"):
+        if decision is not None and decision.quantizable and decision.kind not in ("linear", "conv", "embedding",
+                                                                                   "quantized"):
             found.append((node.name, decision.kind))
     return found
 
@@ -142,10 +142,10 @@ def _inspect_model(args: argparse.Namespace) -> str:
         recipe = load_recipe(args.recipe)
         chosen, skipped = select_layers(gm, recipe)
         others = _other_quantizable(gm)
-        lines += ["", f"recipe {recipe.name}: quantizes {len(chosen)} linear(s), keeps {len(skipped)} float"
+        lines += ["", f"recipe {recipe.name}: quantizes {len(chosen)} linear/conv layer(s), keeps {len(skipped)} float"
                       + (f"; {len(others)} other quantizable layer(s) stay float" if others else "")]
         lines += [f"  float: {name}: {why}" for name, why in skipped.items()]
-        lines += [f"  float: {name} ({kind}): bitfold.quantize quantizes only linear layers today"
+        lines += [f"  float: {name} ({kind}): bitfold.quantize does not quantize {kind} layers yet"
                   for name, kind in others]
     return "\n".join(lines)
 

@@ -18,6 +18,16 @@ group_size, weight_zero_point, input_shift, bias) -> Tensor``
     activation's channel ``j`` arrives multiplied by ``2^k_j`` and weight column ``j`` carries
     the compensating ``2^-k_j``, applied exactly on the activation side (O(K) work).
 
+``bitfold::quantized_conv2d(x, packed_weight, fmt, out_channels, in_features, weight_scale,
+group_size, weight_zero_point, input_shift, bias, kernel_size, stride, padding, dilation, groups)``
+    ``y = conv2d(x · 2^-input_shift, Ŵ, bias, stride, padding, dilation, groups)`` (NCHW). The
+    weight is stored like a quantized linear's: ``Ŵ`` decodes to ``[out_channels, in_features]``
+    with ``in_features = C_in/groups · kh · kw`` (the OIHW weight flattened per output channel,
+    the matrix an im2col GEMM multiplies), then is viewed as ``[out_channels, C_in/groups, kh,
+    kw]``. ``input_shift`` is per input channel (shape ``[C_in]``), as for linears. The first
+    ten arguments mean what they mean for ``quantized_linear``, so readers of the weight
+    (memory, reports, exporters) treat both alike.
+
 ``bitfold::fused_linear(x, weight, bias, activation)`` and ``bitfold::fused_conv2d(x, weight,
 bias, stride, padding, dilation, groups, activation)``
     A linear / 2-D convolution with its bias and elementwise activation (``relu``, ``gelu``,
@@ -174,6 +184,54 @@ def _(x, packed_weight, fmt, out_features, in_features, weight_scale, group_size
     return x.new_empty((*x.shape[:-1], out_features))
 
 
+@torch.library.custom_op("bitfold::quantized_conv2d", mutates_args=())
+def quantized_conv2d(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    fmt: str,
+    out_channels: int,
+    in_features: int,
+    weight_scale: torch.Tensor,
+    group_size: Optional[int],
+    weight_zero_point: Optional[torch.Tensor],
+    input_shift: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    kernel_size: List[int],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+) -> torch.Tensor:
+    kh, kw = kernel_size
+    channels = x.shape[1] if x.dim() == 4 else -1
+    if x.dim() != 4 or channels % groups or (channels // groups) * kh * kw != in_features:
+        raise ValueError(
+            f"bitfold::quantized_conv2d: input of shape {tuple(x.shape)} does not fit a weight of "
+            f"{in_features} features per output channel (kernel {kh}x{kw}, groups {groups})"
+        )
+    w = unpack_weight(packed_weight, fmt, out_channels, in_features, weight_scale, group_size, weight_zero_point)
+    xf = x.to(torch.float32)
+    if input_shift is not None:
+        xf = torch.ldexp(xf, -input_shift.to(device=x.device, dtype=torch.int32).reshape(1, -1, 1, 1))
+    y = torch.nn.functional.conv2d(xf, w.to(x.device).reshape(out_channels, channels // groups, kh, kw),
+                                   None if bias is None else bias.to(torch.float32), stride, padding, dilation, groups)
+    return y.to(x.dtype)
+
+
+@quantized_conv2d.register_fake
+def _(x, packed_weight, fmt, out_channels, in_features, weight_scale, group_size, weight_zero_point, input_shift,
+      bias, kernel_size, stride, padding, dilation, groups):
+    return x.new_empty(conv2d_output_shape(x.shape, out_channels, kernel_size, stride, padding, dilation))
+
+
+def conv2d_output_shape(shape, out_channels: int, kernel_size, stride, padding, dilation) -> tuple:
+    """The NCHW output shape of a 2-D convolution of an input of ``shape``."""
+    n, _, h, w = shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    return (n, out_channels, oh, ow)
+
+
 def _apply_activation(y: torch.Tensor, activation: str) -> torch.Tensor:
     fn = _ACTIVATIONS.get(activation)
     if fn is None:
@@ -225,11 +283,7 @@ def fused_conv2d(
 
 @fused_conv2d.register_fake
 def _(x, weight, bias, stride, padding, dilation, groups, activation):
-    n, _, h, w = x.shape
-    kh, kw = weight.shape[2], weight.shape[3]
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return x.new_empty((n, weight.shape[0], oh, ow))
+    return x.new_empty(conv2d_output_shape(x.shape, weight.shape[0], weight.shape[2:], stride, padding, dilation))
 
 
 def cluster_id_bits(clusters: int) -> int:

@@ -35,7 +35,9 @@ from bitfold.ir.op_groups import (
 aten = torch.ops.aten
 _FUSED_LINEAR = {torch.ops.bitfold.fused_linear.default}
 _FUSED_CONV = {torch.ops.bitfold.fused_conv2d.default}
-_QUANTIZED = {torch.ops.bitfold.quantized_linear.default, torch.ops.bitfold.fake_quantize.default}
+_QUANTIZED = {torch.ops.bitfold.quantized_linear.default, torch.ops.bitfold.quantized_conv2d.default,
+              torch.ops.bitfold.quantized_embedding.default, torch.ops.bitfold.codebook_linear.default,
+              torch.ops.bitfold.fake_quantize.default}
 
 
 @dataclass(frozen=True)

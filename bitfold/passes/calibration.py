@@ -1,7 +1,9 @@
-"""Calibration: run a canonical FX graph over data and record, per linear layer, its input statistics.
+"""Calibration: run a canonical FX graph over data and record, per layer, its input statistics.
 
 For each chosen layer ``y = aten.linear(x, W, b)`` the input ``x`` of every batch is viewed as
-rows ``x.reshape(-1, K)`` (one row per token, ``K = in_features``) and folded into running
+rows ``x.reshape(-1, K)`` (one row per token, ``K = in_features``); for a convolution
+``aten.conv2d(x, W, …)`` the rows are its input patches (:mod:`bitfold.ir.conv_patches`: one
+row per output position and group, ``K = C/G · kh · kw``). The rows are folded into running
 statistics, so memory is bounded by ``max_tokens · K`` per layer whatever the data size:
 
 * ``channel_absmax[j] = max over all rows r of |x[r, j]|`` (the per-input-channel range that
@@ -13,7 +15,8 @@ statistics, so memory is bounded by ``max_tokens · K`` per layer whatever the d
   ``max_tokens`` largest keys seen so far. Each subset of that size is then equally likely, the
   sample updates batch by batch, and the keys come from a generator seeded with ``seed``, so
   the sample is deterministic. Every layer uses the same key stream, so layers that read the
-  same tensor (Q, K and V) sample the same tokens.
+  same tensor (Q, K and V) sample the same tokens;
+* ``sample_group``: for a grouped convolution, the group each sampled row belongs to.
 
 Why a :class:`torch.fx.Interpreter` and not hooks: in canonical form a linear layer is a
 ``call_function`` node, not a module, so there is no module to hook; the alternative is
@@ -32,6 +35,9 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
+from bitfold.ir.conv_patches import CONV2D, ConvGeometry, patch_rows
+from bitfold.ir.graph_utils import attr_value
+
 LINEAR = torch.ops.aten.linear.default
 
 
@@ -41,7 +47,7 @@ class CalibrationError(ValueError):
 
 @dataclass
 class LayerStats:
-    """Input statistics of one linear layer (see the module docstring)."""
+    """Input statistics of one linear or convolution layer (see the module docstring)."""
 
     name: str
     #: [K] float32, max |x| per input channel over every token seen.
@@ -50,6 +56,8 @@ class LayerStats:
     tokens: int
     #: [min(tokens, max_tokens), K] float32, a uniform sample of input rows.
     sample: torch.Tensor
+    #: [min(tokens, max_tokens)] int32, each sampled row's group (grouped convolutions only).
+    sample_group: Optional[torch.Tensor] = None
 
     @property
     def absmax(self) -> float:
@@ -60,19 +68,30 @@ class LayerStats:
 class _Observer:
     """Running statistics of one layer's input; memory is O(max_tokens · K)."""
 
-    def __init__(self, node: fx.Node, max_tokens: int, seed: int) -> None:
+    def __init__(self, node: fx.Node, max_tokens: int, seed: int, geometry: Optional[ConvGeometry] = None) -> None:
         self.node = node
+        self.geometry = geometry
         self.max_tokens = max_tokens
         self.generator = torch.Generator().manual_seed(seed)
         self.channel_absmax: Optional[torch.Tensor] = None
         self.tokens = 0
         self.keys = torch.empty(0)
         self.rows: Optional[torch.Tensor] = None
+        self.group: Optional[torch.Tensor] = None
+
+    def _rows(self, x: torch.Tensor) -> tuple:
+        x = x.detach().to(torch.float32)
+        if self.geometry is None:
+            return x.reshape(-1, x.shape[-1]), None
+        try:
+            return patch_rows(x, self.geometry)
+        except ValueError as err:
+            raise CalibrationError(f"layer '{self.node.name}': {err}") from None
 
     def update(self, x: torch.Tensor, batch: int) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() == 0:
             raise CalibrationError(f"layer '{self.node.name}': its input is not a tensor with a channel axis")
-        rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        rows, group = self._rows(x)
         if not bool(torch.isfinite(rows).all()):
             bad = int((~torch.isfinite(rows)).sum())
             raise CalibrationError(
@@ -92,17 +111,17 @@ class _Observer:
         self.tokens += rows.shape[0]
         keys = torch.rand(rows.shape[0], generator=self.generator)
         keys = torch.cat([self.keys, keys])
+        rows = torch.cat([self.rows, rows])
+        if group is not None:
+            group = group if self.group is None else torch.cat([self.group, group])
         if keys.numel() > self.max_tokens:
             keep = keys.topk(self.max_tokens).indices
-            self.keys = keys[keep]
-            self.rows = torch.cat([self.rows, rows])[keep]
-        else:
-            self.keys = keys
-            self.rows = torch.cat([self.rows, rows])
+            keys, rows, group = keys[keep], rows[keep], None if group is None else group[keep]
+        self.keys, self.rows, self.group = keys, rows, group
 
     def stats(self) -> LayerStats:
         assert self.channel_absmax is not None and self.rows is not None
-        return LayerStats(self.node.name, self.channel_absmax, self.tokens, self.rows)
+        return LayerStats(self.node.name, self.channel_absmax, self.tokens, self.rows, self.group)
 
 
 class _Recorder(fx.Interpreter):
@@ -125,10 +144,10 @@ def linear_layers(gm: fx.GraphModule) -> List[fx.Node]:
     return [n for n in gm.graph.nodes if _is_quantizable_linear(n)]
 
 
-def _is_quantizable_linear(node: fx.Node) -> bool:
+def _is_quantizable_linear(node: fx.Node, kinds=(LINEAR,)) -> bool:
     return (
         node.op == "call_function"
-        and node.target == LINEAR
+        and node.target in kinds
         and len(node.args) >= 2
         and isinstance(node.args[0], fx.Node)
         and isinstance(node.args[1], fx.Node)
@@ -145,13 +164,19 @@ def _resolve(gm: fx.GraphModule, layers: Optional[Sequence[Union[fx.Node, str]]]
         node = by_name.get(layer) if isinstance(layer, str) else layer
         if node is None or node.graph is not gm.graph:
             raise ValueError(f"calibration: layer {getattr(layer, 'name', layer)!r} is not a node of this graph")
-        if not _is_quantizable_linear(node):
+        if not _is_quantizable_linear(node, (LINEAR, CONV2D)):
             raise ValueError(
-                f"calibration: node '{node.name}' ({node.op} {node.target}) is not an aten.linear "
+                f"calibration: node '{node.name}' ({node.op} {node.target}) is not an aten.linear or aten.conv2d "
                 "with a get_attr weight"
             )
         resolved.append(node)
     return resolved
+
+
+def _geometry(gm: fx.GraphModule, node: fx.Node) -> Optional[ConvGeometry]:
+    if node.target != CONV2D:
+        return None
+    return ConvGeometry.of(node, attr_value(gm, node.args[1]))
 
 
 def calibrate(
@@ -165,14 +190,14 @@ def calibrate(
     """Run ``gm`` on every item of ``data`` and return the input statistics of ``layers``.
 
     ``data`` yields tuples of positional inputs (a lone tensor counts as a 1-tuple).
-    ``layers`` are nodes or node names (default: every quantizable linear). The result maps
+    ``layers`` are linear or conv2d nodes or their names (default: every quantizable linear). The result maps
     node name to :class:`LayerStats`. Raises :class:`CalibrationError` (a ``ValueError``) for
     empty data or a NaN/Inf activation, naming the layer.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     nodes = _resolve(gm, layers)
-    observers = {node: _Observer(node, max_tokens, seed) for node in nodes}
+    observers = {node: _Observer(node, max_tokens, seed, _geometry(gm, node)) for node in nodes}
     recorder = _Recorder(gm, observers)
     total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
     with torch.no_grad():

@@ -20,12 +20,13 @@ producer. Weight-only plans skip the activation part. This pass changes numerics
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import fx
 
 from bitfold.ir import formats, ops
+from bitfold.ir.conv_patches import CONV2D, ConvGeometry
 from bitfold.ir.graph_utils import attr_value, constant_node, remove_unused_constants
 from bitfold.passes.base import Pass, PassError, PassResult
 
@@ -88,6 +89,67 @@ def require_layers(gm: fx.GraphModule, names: Iterable[str], target: Any, pass_n
         raise PassError(f"{pass_name}: no {kind} node named {', '.join(missing)}")
 
 
+def input_key(gm: fx.GraphModule, node: fx.Node) -> str:
+    """The key of a layer's activation plan: its input's name, plus the geometry for a
+    convolution (convolutions of different kernels reading one input quantize it separately)."""
+    if node.target != CONV2D:
+        return node.args[0].name
+    return f"{node.args[0].name}/{ConvGeometry.of(node, attr_value(gm, node.args[1])).key()}"
+
+
+def quantized_input(gm: fx.GraphModule, x: fx.Node, key: str, plan: Optional[ActivationPlan],
+                    cache: Dict[str, fx.Node], first_user: fx.Node, channel_shape: Tuple[int, ...] = (-1,)) -> fx.Node:
+    """``x`` quantized by ``plan`` (``x`` itself without one), built once per ``key`` before its
+    first quantized consumer; per-channel factors are viewed as ``channel_shape`` (``(-1, 1,
+    1)`` for NCHW)."""
+    if plan is None:
+        return x
+    if key in cache:
+        return cache[key]
+    with gm.graph.inserting_before(first_user):
+        factor = None
+        if plan.shift is not None:
+            factor = torch.exp2(plan.shift.to(torch.float32))
+        if plan.smooth is not None:
+            factor = (1.0 / plan.smooth) if factor is None else factor / plan.smooth
+        node = x
+        if factor is not None:
+            c = constant_node(gm, f"{x.name}_input_scale", factor.to(torch.float32).reshape(channel_shape),
+                              parameter=False)
+            node = gm.graph.call_function(aten.mul.Tensor, (x, c))
+        scale = constant_node(gm, f"{x.name}_act_scale", torch.tensor(float(plan.scale)), parameter=False)
+        node = gm.graph.call_function(torch.ops.bitfold.fake_quantize.default, (node, plan.fmt, scale))
+    cache[key] = node
+    return node
+
+
+def planned_weight(gm: fx.GraphModule, node: fx.Node, plan: WeightPlan, act: Optional[ActivationPlan],
+                   pass_name: str) -> ops.PackedWeight:
+    """The packed ``[N, K]`` weight of layer ``node`` under ``plan`` (a convolution's flattened
+    per output channel), with SmoothQuant's factors or the plan's own rounded values."""
+    w_node = node.args[1]
+    weight = attr_value(gm, w_node)
+    if weight is None:
+        raise PassError(f"{pass_name}: {node.name}'s weight is not a constant")
+    weight = weight.reshape(weight.shape[0], -1)
+    if plan.values is not None:
+        if plan.values.shape != weight.shape:
+            raise PassError(f"{pass_name}: {node.name}: planned values of shape {tuple(plan.values.shape)} "
+                            f"for a weight of shape {tuple(weight.shape)}")
+        weight = plan.values
+    elif act is not None and act.smooth is not None:
+        weight = weight * act.smooth.to(weight.dtype)
+    return ops.pack_weight(weight.float(), plan.fmt, plan.scale, plan.group_size, plan.zero_point,
+                           name=str(w_node.target))
+
+
+def shift_constant(gm: fx.GraphModule, node: fx.Node, act: Optional[ActivationPlan]) -> Optional[fx.Node]:
+    """The ``input_shift`` argument of quantized op replacing ``node`` (insert with ``inserting_before``)."""
+    if act is None or act.shift is None:
+        return None
+    return constant_node(gm, f"{node.name}_input_shift", act.shift.to(torch.int32), parameter=False)
+
+
 class QuantizeLinears(Pass):
     """Rewrite the linears named in ``weights`` into quantized ops (see the module docstring)."""
 
@@ -100,61 +162,21 @@ class QuantizeLinears(Pass):
     def requires(self, gm: fx.GraphModule) -> None:
         require_layers(gm, self.weights, aten.linear.default, "quantize_linears", "linear")
 
-    def _quantized_input(self, gm: fx.GraphModule, x: fx.Node, cache: Dict[str, fx.Node], first_user: fx.Node) -> fx.Node:
-        """The quantized ``x``, built once before its first quantized consumer."""
-        plan = self.activations.get(x.name)
-        if plan is None:
-            return x
-        if x.name in cache:
-            return cache[x.name]
-        with gm.graph.inserting_before(first_user):
-            factor = None
-            if plan.shift is not None:
-                factor = torch.exp2(plan.shift.to(torch.float32))
-            if plan.smooth is not None:
-                factor = (1.0 / plan.smooth) if factor is None else factor / plan.smooth
-            node = x
-            if factor is not None:
-                c = constant_node(gm, f"{x.name}_input_scale", factor.to(torch.float32), parameter=False)
-                node = gm.graph.call_function(aten.mul.Tensor, (x, c))
-            scale = constant_node(gm, f"{x.name}_act_scale", torch.tensor(float(plan.scale)), parameter=False)
-            node = gm.graph.call_function(torch.ops.bitfold.fake_quantize.default, (node, plan.fmt, scale))
-        cache[x.name] = node
-        return node
-
     def call(self, gm: fx.GraphModule) -> PassResult:
         cache: Dict[str, fx.Node] = {}
         for node in list(gm.graph.nodes):
             plan = self.weights.get(node.name)
             if plan is None or node.target != aten.linear.default:
                 continue
-            x, w_node = node.args[0], node.args[1]
+            x = node.args[0]
             bias = node.args[2] if len(node.args) > 2 else None
-            weight = attr_value(gm, w_node)
-            if weight is None:
-                raise PassError(f"quantize_linears: {node.name}'s weight is not a constant")
             act = self.activations.get(x.name)
-            if plan.values is not None:
-                if plan.values.shape != weight.shape:
-                    raise PassError(f"quantize_linears: {node.name}: planned values of shape {tuple(plan.values.shape)} "
-                                    f"for a weight of shape {tuple(weight.shape)}")
-                weight = plan.values
-            elif act is not None and act.smooth is not None:
-                weight = weight * act.smooth.to(weight.dtype)
-            packed = ops.pack_weight(weight.float(), plan.fmt, plan.scale, plan.group_size, plan.zero_point,
-                                     name=str(w_node.target))
-            xq = self._quantized_input(gm, x, cache, node)
+            packed = planned_weight(gm, node, plan, act, "quantize_linears")
+            xq = quantized_input(gm, x, x.name, act, cache, node)
             with gm.graph.inserting_before(node):
-                args = [
-                    xq,
-                    *packed_weight_args(gm, node.name, packed, plan),
-                    None if act is None or act.shift is None else constant_node(
-                        gm, f"{node.name}_input_shift", act.shift.to(torch.int32), parameter=False),
-                    bias,
-                ]
+                args = [xq, *packed_weight_args(gm, node.name, packed, plan), shift_constant(gm, node, act), bias]
                 new = gm.graph.call_function(torch.ops.bitfold.quantized_linear.default, tuple(args))
             replace_layer(gm, node, new)
         gm.graph.eliminate_dead_code()
         remove_unused_constants(gm)
         return PassResult(gm, bool(self.weights))
-

@@ -10,7 +10,7 @@ def test_inspect_model_with_recipe(capsys):
     assert code == 0
     assert "quantizable layers (3):" in out
     assert "normalization stays float" in out and "elementwise activation" in out
-    assert "recipe w8a8-int: quantizes 3 linear(s), keeps 0 float" in out
+    assert "recipe w8a8-int: quantizes 3 linear/conv layer(s), keeps 0 float" in out
 
 
 def test_inspect_outside_onnx_names_declined_rewrites(capsys, outside_onnx):
@@ -19,8 +19,8 @@ def test_inspect_outside_onnx_names_declined_rewrites(capsys, outside_onnx):
     assert "act_matmul" in out and "softmax stays float" in out
     assert "MatMulToLinear: the right operand is computed at run time" in out
     # The attention matmuls are quantizable in principle, but no recipe quantizes them yet: said so.
-    assert "quantizes 4 linear(s), keeps 0 float; 2 other quantizable layer(s) stay float" in out
-    assert out.count("(act_matmul): bitfold.quantize quantizes only linear layers today") == 2
+    assert "quantizes 4 linear/conv layer(s), keeps 0 float; 2 other quantizable layer(s) stay float" in out
+    assert out.count("(act_matmul): bitfold.quantize does not quantize act_matmul layers yet") == 2
 
 
 def test_inspect_factory_without_example_needs_data(capsys, mlp_data):
@@ -35,7 +35,7 @@ def test_inspect_factory_without_example_needs_data(capsys, mlp_data):
 def test_inspect_quantized_dirs(capsys, mlp_w8a8, mlp_w4a4):
     code, out, _ = run_cli(capsys, "inspect", mlp_w8a8)
     assert code == 0
-    table = out.split("quantized layers (3)", 1)[1].split("linears kept float", 1)[0]
+    table = out.split("quantized layers (3)", 1)[1].split("layers kept float", 1)[0]
     rows = [line.split() for line in table.splitlines() if line.strip().startswith("linear")]
     assert [r[0] for r in rows] == ["linear", "linear_1", "linear_2"]
     assert all(r[2] == "int8/channel" and r[3] == "scale" and r[5] == "int8" and r[6] == "scale" for r in rows)

@@ -135,3 +135,42 @@ def test_bad_layers(model_and_graph):
         calibrate(gm, batches(1), layers=["nope"], progress=False)
     with pytest.raises(ValueError, match="max_tokens"):
         calibrate(gm, batches(1), max_tokens=0, progress=False)
+
+
+class SmallCnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+
+    def forward(self, x):
+        return self.dw(torch.relu(self.stem(x)))
+
+
+def test_convolutions_record_their_patch_rows_and_groups():
+    torch.manual_seed(0)
+    model = SmallCnn().eval()
+    data = [torch.randn(2, 3, 8, 8) for _ in range(3)]
+    gm = capture(model, data[0])
+    stem, dw = [n for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    stats = calibrate(gm, data, layers=[stem, dw], max_tokens=10_000, progress=False)
+    patches = torch.cat([nn.functional.unfold(x, 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 27)
+                         for x in data])
+    assert stats[stem.name].tokens == 3 * 2 * 16 and stats[stem.name].sample_group is None
+    torch.testing.assert_close(stats[stem.name].channel_absmax, patches.abs().amax(0))
+    assert sorted(map(tuple, stats[stem.name].sample.tolist())) == sorted(map(tuple, patches.tolist()))
+    st = stats[dw.name]
+    assert st.sample.shape == (3 * 2 * 16 * 4, 9) and st.tokens == 3 * 2 * 16 * 4   # 4x4 outputs, 4 groups
+    assert st.sample_group.shape == (st.sample.shape[0],) and set(st.sample_group.tolist()) == {0, 1, 2, 3}
+    h = torch.relu(model.stem(data[0]))
+    one = nn.functional.unfold(h[:, 2:3], 3, padding=1).transpose(1, 2).reshape(-1, 9)
+    rows = st.sample[st.sample_group == 2]
+    assert all(bool((rows == r).all(1).any()) for r in one)   # group 2's rows are channel 2's patches
+
+
+def test_a_conv_input_of_the_wrong_rank_is_named():
+    model = SmallCnn().eval()
+    gm = capture(model, torch.randn(1, 3, 8, 8))
+    stem = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default)
+    with pytest.raises(ValueError, match="not an aten.linear or aten.conv2d"):
+        calibrate(gm, [torch.randn(1, 3, 8, 8)], layers=[stem.args[0]], progress=False)

@@ -284,12 +284,12 @@ class _ActivationSample:
         self.batch = 0
 
     def __call__(self, x: torch.Tensor) -> None:
-        rows = x.detach().reshape(-1, x.shape[-1]).float()
-        absmax = rows.abs().amax(0)
+        x = x.detach().float()
+        absmax = self.layer.channel_rows(x).abs().amax(0)
         self.channel_absmax = absmax if self.channel_absmax is None else torch.maximum(self.channel_absmax, absmax)
         room = self.limit - self.kept
         if room > 0:
-            u = self.layer.quantized_input(rows)
+            u = self.layer.quantized_input(x)
             q = self.layer.act_quantizer
             u = (q.to_units(u) if q is not None else u).reshape(-1)
             if u.numel() > room:

@@ -71,7 +71,7 @@ def _summary(a: Analysis) -> str:
         ["model", a.source],
         ["recipe", f"{a.recipe.get('name')} (v{a.recipe.get('version')}): {a.recipe.get('description')}"],
         ["layers quantized", str(len(a.layers))],
-        ["linears kept float", str(len(a.kept_float))],
+        ["layers kept float", str(len(a.kept_float))],
         ["model output vs float", f"SQNR {_fmt(a.output['sqnr_db'])} dB, MSE {_fmt(a.output['mse'])}, "
                                   f"cosine {_fmt(a.output['cosine'], 6)}"],
         ["evaluated on", f"{inputs.get('items')} batch(es) of {inputs.get('description') or 'inputs'}, {held}"],

@@ -26,6 +26,7 @@ import torch
 from torch import fx
 
 from bitfold.ir import formats, ops
+from bitfold.ir.conv_patches import CONV2D
 from bitfold.ir.graph_utils import attr_value
 from bitfold.ir.op_groups import LAYER_NORM, LINEAR, RMS_NORM
 
@@ -120,10 +121,19 @@ class QuantizedLayer:
     op: Any
     linear_args: Tuple[Any, ...]
     act_args: Tuple[Any, ...]
+    #: The input's channel axis: -1 for a linear, 1 for a convolution (NCHW).
+    channel_axis: int = -1
+
+    def channel_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input as ``[-1, channels]`` rows."""
+        return x.movedim(self.channel_axis, -1).reshape(-1, x.shape[self.channel_axis])
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         """``u = x · c``, what the activation quantizer sees."""
-        return x if self.input_scale is None else x * self.input_scale
+        if self.input_scale is None:
+            return x
+        trailing = x.dim() - 1 - self.channel_axis % x.dim()
+        return x * self.input_scale.reshape([-1] + [1] * trailing)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized layer applied to its float input ``x``."""
@@ -181,7 +191,8 @@ def _codebook_linear_view(args: Tuple[Any, ...]) -> WeightView:
 
 def _linear_ops() -> Dict[Any, Tuple[Callable[[Tuple[Any, ...]], WeightView], Tuple[str, ...]]]:
     """Quantized linear ops: how to read their weight, and the name suffixes that give their layer."""
-    found = {QUANTIZED_LINEAR: (_quantized_linear_view, ("_packed_weight",))}
+    found = {QUANTIZED_LINEAR: (_quantized_linear_view, ("_packed_weight",)),
+             torch.ops.bitfold.quantized_conv2d.default: (_quantized_linear_view, ("_packed_weight",))}
     codebook = getattr(torch.ops.bitfold, "codebook_linear", None)
     if codebook is not None:
         found[codebook.default] = (_codebook_linear_view, ("_codebook", "_codes"))
@@ -262,6 +273,8 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
     view = weight_view(quant_gm, q_node)
     n_out, k_in, shift = view.out_features, view.in_features, view.shift
     weight = attr_value(float_gm, f_node.args[1])
+    if weight is not None and f_node.target == CONV2D:
+        weight = weight.reshape(weight.shape[0], -1)
     if weight is None or tuple(weight.shape) != (n_out, k_in):
         raise AnalysisError(
             f"{where}: the float layer's weight is {None if weight is None else tuple(weight.shape)}, "
@@ -295,6 +308,7 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
         op=q_node.target,
         linear_args=args,
         act_args=act_args,
+        channel_axis=1 if f_node.target == CONV2D else -1,
     )
     share, ratio = _agreement(layer)
     if share < _MIN_AGREEMENT and ratio > _MAX_DISTANCE_RATIO:
@@ -307,8 +321,10 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
 
 
 def match_layers(float_gm: fx.GraphModule, quant_gm: fx.GraphModule) -> List[QuantizedLayer]:
-    """Every quantized linear of ``quant_gm`` with its ``aten.linear`` in ``float_gm``, in graph order."""
-    linears = {n.name: n for n in float_gm.graph.nodes if n.op == "call_function" and n.target in LINEAR}
+    """Every quantized linear (or convolution) of ``quant_gm`` with its ``aten.linear`` (``aten.conv2d``)
+    in ``float_gm``, in graph order."""
+    linears = {n.name: n for n in float_gm.graph.nodes
+               if n.op == "call_function" and (n.target in LINEAR or n.target == CONV2D)}
     layers = []
     for node in quant_gm.graph.nodes:
         if not is_quantized_linear(node):

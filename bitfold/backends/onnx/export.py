@@ -36,13 +36,14 @@ from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 import bitfold
 from bitfold.backends.onnx import (  # noqa: F401  (importing registers the lowerings)
-    decompositions, lower_codebook_linear, lower_fake_quantize, lower_gelu, lower_quantized_embedding,
-    lower_quantized_linear,
+    decompositions, lower_codebook_linear, lower_fake_quantize, lower_gelu, lower_quantized_conv2d,
+    lower_quantized_embedding, lower_quantized_linear,
 )
 from bitfold.backends.onnx.capture import export_graph
 from bitfold.backends.onnx.dynamic_axes import DynamicAxes, dynamic_shapes, name_dynamic_axes
 from bitfold.backends.onnx.errors import OnnxExportError
 from bitfold.backends.onnx.lowering import ExportOptions, lower_placeholders
+from bitfold.backends.onnx.ort_guards import guard_requantization
 from bitfold.backends.onnx.metadata import write_metadata
 from bitfold.backends.onnx.model_file import check, save_atomically
 
@@ -126,6 +127,7 @@ def export_onnx(
                          dynamic_shapes(inputs, names, dynamic_axes), OPSET)
     options = ExportOptions(mode=mode, opset=OPSET, accuracy_level=accuracy_level, matmul_nbits=matmul_nbits)
     ctx = lower_placeholders(model, options)
+    guard_requantization(model)
     axes = name_dynamic_axes(model, dynamic_axes)
     model.producer_name, model.producer_version = "bitfold", bitfold.__version__
     model.graph.name = type(gm).__name__ if type(gm).__name__ != "GraphModule" else "bitfold_model"

@@ -47,13 +47,13 @@ def packed_weight(node: BitfoldNode, ctx: LoweringContext, rows: str = "out_feat
     )
 
 
-def _shift(node: BitfoldNode, ctx: LoweringContext):
+def input_shift(node: BitfoldNode, ctx: LoweringContext):
     if not node.input(_SHIFT):
         return None
     return torch.from_numpy(ctx.require(node, _SHIFT, "input shift").astype(np.int32))
 
 
-def _exact_pow2(k: torch.Tensor) -> np.ndarray:
+def exact_pow2(k: torch.Tensor) -> np.ndarray:
     """``2^k`` for integer ``k`` as exact float32."""
     return np.ldexp(np.float32(1), k.numpy().astype(np.int32)).astype(np.float32)
 
@@ -61,7 +61,7 @@ def _exact_pow2(k: torch.Tensor) -> np.ndarray:
 @register_lowering(torch.ops.bitfold.quantized_linear.default, output=_output)
 def lower_quantized_linear(node: BitfoldNode, ctx: LoweringContext) -> None:
     weight = packed_weight(node, ctx)
-    shift = _shift(node, ctx)
+    shift = input_shift(node, ctx)
     x, bias = node.input(_X), node.input(_BIAS)
     em = ctx.emitter(node)
     fmt = formats.get(weight.fmt)
@@ -77,7 +77,7 @@ def lower_quantized_linear(node: BitfoldNode, ctx: LoweringContext) -> None:
         facts.update(lowering="MatMul(float32 weight on its grid)", stored_bytes=int(w.numel() * 4))
     else:
         if shift is not None:
-            x = em.op("Mul", x, em.const(_exact_pow2(-shift), "input_shift_factor"), hint="unshifted_input")
+            x = em.op("Mul", x, em.const(exact_pow2(-shift), "input_shift_factor"), hint="unshifted_input")
         reason = unsupported_reason(weight)
         if ctx.options.matmul_nbits and reason is None:
             y, stored = emit_matmul_nbits(em, x, weight, bias, ctx.options.accuracy_level, "weight")

@@ -9,6 +9,8 @@
 * ``bitfold::fused_linear`` / ``bitfold::fused_conv2d`` → :mod:`.lower_dense`;
 * ``bitfold::quantized_embedding`` → :mod:`.lower_quantized_embedding` (rows decoded from
   the packed table as they are looked up);
+* ``bitfold::quantized_conv2d`` → :mod:`.lower_quantized_conv2d` (the packed weight decoded in
+  the module, then ``conv2d``);
 * ``bitfold::gelu`` → the steps of :func:`bitfold.ir.stable_gelu.spell_gelu` as Relax
   elementwise ops (fused into one kernel; ``exp`` becomes ``fast_exp`` like every other).
 """
@@ -27,6 +29,7 @@ from bitfold.backends.tvm.lower_codebook_linear import lower_codebook_linear
 from bitfold.backends.tvm.kernel_call import call_row_kernel
 from bitfold.backends.tvm.lower_dense import emit_conv2d, emit_linear
 from bitfold.backends.tvm.lower_fake_quantize import codebook_grid, fake_quantize_te
+from bitfold.backends.tvm.lower_quantized_conv2d import lower_quantized_conv2d
 from bitfold.backends.tvm.lower_quantized_embedding import lower_quantized_embedding
 from bitfold.ir.stable_gelu import APPROXIMATIONS, spell_gelu
 
@@ -124,5 +127,6 @@ def converters(imp: "GraphImporter") -> Dict[Any, "Converter"]:
         bitfold_ops.fused_conv2d.default: _fused_conv2d,
         bitfold_ops.gelu.default: _gelu,
         bitfold_ops.quantized_embedding.default: lower_quantized_embedding,
+        bitfold_ops.quantized_conv2d.default: lower_quantized_conv2d,
     }
     return {op: (lambda node, fn=fn: fn(imp, node)) for op, fn in table.items()}

@@ -99,13 +99,19 @@ def emit_linear(
     return apply_activation(imp, y, activation, node)
 
 
+def conv2d_values(imp: "GraphImporter", x: relax.Expr, w: relax.Expr, bias: Optional[relax.Expr], stride, padding,
+                  dilation, groups: int) -> relax.Expr:
+    """``conv2d(x, w) + bias`` (NCHW, OIHW) of Relax values."""
+    y = imp.emit(relax.op.nn.conv2d(x, w, strides=list(stride), padding=list(padding), dilation=list(dilation),
+                                    groups=int(groups), out_dtype=dtype_of(x)))
+    if bias is not None:
+        y = imp.emit(relax.op.add(y, imp.emit(relax.op.reshape(bias, [1, -1, 1, 1]))))
+    return y
+
+
 def emit_conv2d(imp: "GraphImporter", node: fx.Node, args: dict) -> relax.Expr:
     """``activation(conv2d(x, W, b, stride, padding, dilation, groups))`` (NCHW, OIHW)."""
-    x, w = imp.env[args["x"]], imp.env[args["weight"]]
-    y = imp.emit(relax.op.nn.conv2d(
-        x, w, strides=list(args["stride"]), padding=list(args["padding"]), dilation=list(args["dilation"]),
-        groups=int(args["groups"]), out_dtype=dtype_of(x)))
-    if args["bias"] is not None:
-        b = imp.emit(relax.op.reshape(imp.env[args["bias"]], [1, -1, 1, 1]))
-        y = imp.emit(relax.op.add(y, b))
+    bias = imp.env[args["bias"]] if args["bias"] is not None else None
+    y = conv2d_values(imp, imp.env[args["x"]], imp.env[args["weight"]], bias, args["stride"], args["padding"],
+                      args["dilation"], args["groups"])
     return apply_activation(imp, y, args["activation"], node)

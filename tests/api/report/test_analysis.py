@@ -132,3 +132,34 @@ def test_gptq_rounded_weights_are_matched():
     (layer,) = match_layers(float_reference(model, data, 128), q.graph_module)
     requant = layer.weight_quantizer.quantize(layer.weight)
     assert not torch.equal(requant, layer.weight_hat)  # GPTQ moved some codes
+
+
+class ShiftedCnn(nn.Module):
+    """A 3x3 conv, then a pointwise one whose input has outlier channels (a non-zero pre-shift)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.pw = nn.Conv2d(8, 6, 1)
+        with torch.no_grad():
+            self.stem.weight[:2] *= 30
+
+    def forward(self, x):
+        return self.pw(torch.relu(self.stem(x)))
+
+
+@pytest.mark.parametrize("recipe", ["w4a8-fp", "w4a16-int-g128"])
+def test_convolutions_are_analyzed_like_linears(recipe):
+    model = ShiftedCnn().eval()
+    data = [(torch.randn(2, 3, 8, 8),) for _ in range(2)]
+    q = bitfold.quantize(model, recipe, data, progress=False)
+    a = analyze(float_reference(model, data, 128), q, [(torch.randn(2, 3, 8, 8),)])
+    assert [layer.shape for layer in a.layers] == [(8, 27), (6, 8)]
+    stem, pw = a.layers
+    assert stem.shift_range is None and stem.sensitivity_sqnr_db > 10
+    if recipe == "w4a8-fp":
+        assert pw.shift_range is not None and pw.shift_range[1] > 0
+        (group,) = a.shifts
+        assert len(group.channel_absmax) == 8 and group.layers == [pw.layer]
+    assert a.output["sqnr_db"] > 5

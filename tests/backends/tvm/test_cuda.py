@@ -48,3 +48,26 @@ def test_quantized_minilm_compiles_to_cuda_with_low_bit_kernels(minilm_w4a4, nvc
     source = _compile_with_nvcc(compile(quantized, TARGET), at_least=10)
     assert "bitfold_linear_int4" in source  # bitfold.codegen's packed-weight kernels
     assert "fake_quantize" in source
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not installed")
+def test_quantized_convolutions_compile_to_cuda(nvcc):
+    import torch
+
+    import bitfold
+
+    class Cnn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.pw = torch.nn.Conv2d(8, 2048, 1)   # 8 KiB of packed codes: a parameter, decoded at run time
+
+        def forward(self, x):
+            return self.pw(torch.relu(self.dw(torch.relu(self.stem(x)))))
+
+    torch.manual_seed(0)
+    data = [torch.randn(1, 3, 16, 16)]
+    quantized = bitfold.quantize(Cnn().eval(), "w4a4-int", data, progress=False)
+    source = _compile_with_nvcc(compile(quantized, TARGET, example_inputs=(data[0],)), at_least=4)
+    assert "decode_conv_weight" in source and "fake_quantize" in source and "conv2d" in source
