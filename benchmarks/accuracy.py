@@ -179,8 +179,8 @@ def run_model(name: str, labels: Sequence[str], recipes: Dict[str, Optional[Reci
     shares = sorted({row["quantized_share"] for row in block["rows"].values() if "quantized_share" in row})
     if shares:
         block["notes"].append(f"{name}: the quantized layers hold {', '.join(f'{s:.1%}' for s in shares)} of its "
-                              f"{block['parameters']:,} parameters (bitfold.quantize quantizes linear layers; "
-                              "the rest stays float)")
+                              f"{block['parameters']:,} parameters (the layers each recipe's "
+                              "`layers` names; the rest stays float)")
     return ok
 
 
