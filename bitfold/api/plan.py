@@ -37,7 +37,7 @@ from torch import fx
 from tqdm.auto import tqdm
 
 from bitfold.ir import formats
-from bitfold.ir.conv_patches import CONV2D, ConvGeometry, grouped_product
+from bitfold.ir.conv_patches import CONV2D, conv_geometry, grouped_product
 from bitfold.ir.graph_utils import attr_value
 from bitfold.passes.calibration import LayerStats
 from bitfold.passes.fp_search import float_format, quantize_rows, refine_weights, search_layer
@@ -79,11 +79,6 @@ def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
     """The layer's weight as the ``[N, K]`` matrix its quantizer sees (a conv's flattened per output channel)."""
     weight = attr_value(gm, node.args[1]).detach().float()
     return weight.reshape(weight.shape[0], -1)
-
-
-def conv_geometry(gm: fx.GraphModule, node: fx.Node) -> Optional[ConvGeometry]:
-    """The geometry of a convolution layer; ``None`` for a linear."""
-    return ConvGeometry.of(node, attr_value(gm, node.args[1])) if node.target == CONV2D else None
 
 
 def select_nodes(gm: fx.GraphModule, recipe: Recipe, target, kind: str, weight_arg: int,

@@ -26,6 +26,8 @@ from typing import Optional, Tuple
 import torch
 from torch import fx
 
+from bitfold.ir.graph_utils import attr_value
+
 aten = torch.ops.aten
 CONV2D = aten.conv2d.default
 
@@ -86,6 +88,14 @@ class ConvGeometry:
         """A short string that differs between geometries (groups of layers sharing an input)."""
         k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
         return f"conv{k[0]}x{k[1]}s{s[0]}x{s[1]}p{p[0]}x{p[1]}d{d[0]}x{d[1]}g{self.groups}"
+
+
+def conv_geometry(gm: fx.GraphModule, node: fx.Node) -> Optional[ConvGeometry]:
+    """The geometry of ``aten.conv2d`` node ``node`` of ``gm`` (read from its constant weight); ``None``
+    for any other node."""
+    if node.target != CONV2D:
+        return None
+    return ConvGeometry.of(node, attr_value(gm, node.args[1]))
 
 
 def patch_rows(x: torch.Tensor, geometry: ConvGeometry) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

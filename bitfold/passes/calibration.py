@@ -35,8 +35,7 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
-from bitfold.ir.conv_patches import CONV2D, ConvGeometry, patch_rows
-from bitfold.ir.graph_utils import attr_value
+from bitfold.ir.conv_patches import CONV2D, ConvGeometry, conv_geometry, patch_rows
 
 LINEAR = torch.ops.aten.linear.default
 
@@ -173,12 +172,6 @@ def _resolve(gm: fx.GraphModule, layers: Optional[Sequence[Union[fx.Node, str]]]
     return resolved
 
 
-def _geometry(gm: fx.GraphModule, node: fx.Node) -> Optional[ConvGeometry]:
-    if node.target != CONV2D:
-        return None
-    return ConvGeometry.of(node, attr_value(gm, node.args[1]))
-
-
 def calibrate(
     gm: fx.GraphModule,
     data: Iterable[Any],
@@ -197,7 +190,7 @@ def calibrate(
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     nodes = _resolve(gm, layers)
-    observers = {node: _Observer(node, max_tokens, seed, _geometry(gm, node)) for node in nodes}
+    observers = {node: _Observer(node, max_tokens, seed, conv_geometry(gm, node)) for node in nodes}
     recorder = _Recorder(gm, observers)
     total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
     with torch.no_grad():

@@ -23,8 +23,8 @@ from typing import Dict
 import torch
 from torch import fx
 
-from bitfold.ir.conv_patches import CONV2D, ConvGeometry
-from bitfold.ir.graph_utils import attr_value, remove_unused_constants
+from bitfold.ir.conv_patches import CONV2D, conv_geometry
+from bitfold.ir.graph_utils import remove_unused_constants
 from bitfold.passes.base import Pass, PassResult
 from bitfold.passes.quantize_linears import (
     ActivationPlan, WeightPlan, input_key, packed_weight_args, planned_weight, quantized_input, replace_layer,
@@ -50,7 +50,7 @@ class QuantizeConvs(Pass):
             plan = self.weights.get(node.name)
             if plan is None or node.target != CONV2D:
                 continue
-            geometry = ConvGeometry.of(node, attr_value(gm, node.args[1]))
+            geometry = conv_geometry(gm, node)
             key = input_key(gm, node)
             act = self.activations.get(key)
             packed = planned_weight(gm, node, plan, act, "quantize_convs")

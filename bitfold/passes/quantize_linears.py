@@ -26,7 +26,7 @@ import torch
 from torch import fx
 
 from bitfold.ir import formats, ops
-from bitfold.ir.conv_patches import CONV2D, ConvGeometry
+from bitfold.ir.conv_patches import conv_geometry
 from bitfold.ir.graph_utils import attr_value, constant_node, remove_unused_constants
 from bitfold.passes.base import Pass, PassError, PassResult
 
@@ -92,9 +92,8 @@ def require_layers(gm: fx.GraphModule, names: Iterable[str], target: Any, pass_n
 def input_key(gm: fx.GraphModule, node: fx.Node) -> str:
     """The key of a layer's activation plan: its input's name, plus the geometry for a
     convolution (convolutions of different kernels reading one input quantize it separately)."""
-    if node.target != CONV2D:
-        return node.args[0].name
-    return f"{node.args[0].name}/{ConvGeometry.of(node, attr_value(gm, node.args[1])).key()}"
+    geometry = conv_geometry(gm, node)
+    return node.args[0].name if geometry is None else f"{node.args[0].name}/{geometry.key()}"
 
 
 def quantized_input(gm: fx.GraphModule, x: fx.Node, key: str, plan: Optional[ActivationPlan],

@@ -3,7 +3,8 @@
 The weight stays packed in the compiled module (:mod:`.packed_rows`): one TE kernel decodes
 the ``[N, K]`` code matrix bit-identically to the PyTorch simulation straight into the
 ``[N, C/G, kh, kw]`` OIHW weight (element ``(o, c, i, j)`` is code ``(o, (c·kh + i)·kw + j)``),
-and Relax's ``conv2d`` (with the default schedules) runs the convolution; a per-input-channel shift is an exact multiply of the input by ``2^-k``.
+and Relax's ``conv2d`` (with the default schedules) runs the convolution; a per-input-channel
+shift is an exact multiply of the input by ``2^-k``.
 Decoding costs one pass over ``N·K`` codes per call — for a convolution, small next to the
 ``N·K·H·W`` multiply-adds — and the file keeps 4-bit codes where a float weight would take 32.
 (Weights small enough to be embedded as constants are decoded once, at build time, by
