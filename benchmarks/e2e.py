@@ -24,8 +24,10 @@ largest component for MiniLM).
 
 Timing hygiene: ``--threads`` threads everywhere (``torch.set_num_threads``, ORT
 ``intra_op_num_threads``, ``TVM_NUM_THREADS``), ``TVM_THREAD_POOL_SPIN_COUNT=0``,
-``OMP_WAIT_POLICY=PASSIVE``, ORT spinning off; ``--warmup`` untimed calls, then ``--repeats``
-timed calls; min and median are reported and ratios use min times. The load average is
+``OMP_WAIT_POLICY=PASSIVE``, ORT spinning off. Every system is built and checked first, then
+timed round-robin: ``--warmup`` untimed rounds, then ``--repeats`` timed rounds, each calling
+every system once, so that a burst of load on a shared machine slows all of them alike; min
+and median are reported and ratios use min times. The load average is
 printed before and after: on a shared machine compare numbers only within one run.
 
     python benchmarks/e2e.py                                      # both models, default recipes
@@ -56,15 +58,23 @@ def _configure_threads(threads: int) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _time(fn: Callable[[], Any], warmup: int, repeats: int) -> Dict[str, float]:
+def _time_interleaved(calls: Sequence[Callable[[], Any]], warmup: int, repeats: int) -> List[Dict[str, float]]:
+    """Min and median ms of each of ``calls``, timed round-robin: every round calls each once.
+
+    On a shared machine a burst of load can last seconds; timed one system after another,
+    such a burst once made one build 45% slower than in the next run. Interleaved, a burst
+    slows every system alike, and the ratios of one run stay comparable.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
+        for call in calls:
+            call()
+    times: List[List[float]] = [[] for _ in calls]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"min_ms": min(times), "median_ms": statistics.median(times)}
+        for call, spent in zip(calls, times):
+            start = time.perf_counter()
+            call()
+            spent.append((time.perf_counter() - start) * 1e3)
+    return [{"min_ms": min(t), "median_ms": statistics.median(t)} for t in times]
 
 
 def _relative(got: Any, want: Any) -> float:
@@ -152,14 +162,13 @@ def bench_model(name: str, args: argparse.Namespace, cache: Optional[Path]) -> L
 
     references = {phase: lm(*x).numpy() for phase, x in phases.items()}
 
+    calls: List[Callable[[], Any]] = []
+
     def add(system: str, run: Callable[[str], Any], check: Callable[[str, Any], Dict[str, float]]) -> None:
-        """Time ``run(phase)`` (whatever it returns, no conversion), then check its output."""
+        """Check ``run(phase)``'s output now; time the call (whatever it returns, no conversion) later."""
         for phase in phases:
-            row = {"model": name, "phase": phase, "system": system,
-                   **check(phase, _numpy(run(phase))), **_time(lambda: run(phase), args.warmup, args.repeats)}
-            rows.append(row)
-            print(f"  {name:8s} {phase:8s} {system:22s} {row['min_ms']:9.2f} ms (median {row['median_ms']:.2f})",
-                  flush=True)
+            rows.append({"model": name, "phase": phase, "system": system, **check(phase, _numpy(run(phase)))})
+            calls.append(lambda phase=phase: run(phase))
 
     def against_torch(phase: str, out: Any) -> Dict[str, float]:
         return {"rel_err": _relative(out, references[phase])}
@@ -195,6 +204,11 @@ def bench_model(name: str, args: argparse.Namespace, cache: Optional[Path]) -> L
                     "top1": _agreement(name, out, simulated[phase], phases[phase][1].numpy())}
 
         add_tvm(f"tvm {recipe}", quantized, against_simulation)
+    print(f"  timing {len(calls)} calls round-robin ({args.warmup} + {args.repeats} rounds)", flush=True)
+    for row, timing in zip(rows, _time_interleaved(calls, args.warmup, args.repeats)):
+        row.update(timing)
+        print(f"  {name:8s} {row['phase']:8s} {row['system']:22s} {row['min_ms']:9.2f} ms "
+              f"(median {row['median_ms']:.2f})", flush=True)
     return rows
 
 

@@ -28,6 +28,8 @@ kernel arrays), :mod:`~bitfold.codegen.vector` (explicit AVX2 vectors and intrin
 :mod:`~bitfold.codegen.cpu_decode`, :mod:`~bitfold.codegen.cpu_gemv`,
 :mod:`~bitfold.codegen.cpu_gemm`, :mod:`~bitfold.codegen.cpu_int8` (CPU kernels),
 :mod:`~bitfold.codegen.cuda` (CUDA kernels) and :mod:`~bitfold.codegen.kernel` (the builder).
+:mod:`~bitfold.codegen.cpu_softmax` is the one float kernel: a row softmax of dynamic
+length, which :mod:`bitfold.backends.tvm` uses for LLVM targets.
 """
 
 from bitfold.codegen.decode import DecodePlan, decode_plan

@@ -8,12 +8,16 @@ activations into the elementary functions they are made of,
     gelu_tanh(x) = x · (0.5 + 0.5 · tanh(√(2/π) · (x + 0.044715 · x³)))
     silu(x)      = x · sigmoid(x),    sigmoid(x) = 1 / (1 + exp(-x))
 
-and ``softmax(x) = e / Σ e`` with ``e = exp(x - max(x))``; then ``exp``, ``erf`` and ``tanh``
-become TOPI's polynomial approximations (``fast_exp``/``fast_erf``/``fast_tanh``), which
-vectorize (relative error ≲ 1e-6 in float32, checked against PyTorch by the tests). TVM's
-own ``FastMathTransform`` is not used because its ``fast_softmax`` kernel matches no CPU
-schedule rule and ran slower than the plain one; the spelled-out softmax fuses into one
-reduction kernel that ``dlight.cpu.Reduction`` schedules.
+then ``exp``, ``erf`` and ``tanh`` become TOPI's polynomial approximations
+(``fast_exp``/``fast_erf``/``fast_tanh``), which vectorize (relative error ≲ 1e-6 in float32,
+checked against PyTorch by the tests).
+
+A float32 softmax over the last axis, compiled for an LLVM target, becomes a call of
+:func:`bitfold.codegen.cpu_softmax.build_softmax_kernel` on the input viewed as rows: one
+kernel with explicit vectors, where TE's version is four (max, exp, sum, divide) whose
+vector loops a dynamic row length would leave predicated. Elsewhere softmax is spelled out
+as ``e / Σ e`` with ``e = exp(x - max(x))``. TVM's own ``FastMathTransform`` is not used:
+its ``fast_softmax`` kernel matches no CPU schedule rule and ran slower than either.
 """
 
 from __future__ import annotations
@@ -24,9 +28,28 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from bitfold.codegen.cpu_softmax import build_softmax_kernel
+
 
 @mutator
 class _SpellOutActivations(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, cpu_softmax: bool) -> None:
+        super().__init__(mod)
+        self.cpu_softmax = cpu_softmax
+        self.softmax_kernel = None
+
+    def row_softmax(self, x: relax.Expr) -> relax.Expr:
+        """``softmax(x, axis=-1)`` by the CPU row kernel, on ``x`` viewed as ``[rows, n]``."""
+        shape = list(x.ty.shape)
+        rows = 1
+        for d in shape[:-1]:
+            rows = rows * d
+        if self.softmax_kernel is None:
+            self.softmax_kernel = self.builder_.add_func(build_softmax_kernel(), "bitfold_softmax_rows")
+        flat = self.builder_.emit(relax.op.reshape(x, [rows, shape[-1]]))
+        y = self.builder_.emit(relax.call_tir(self.softmax_kernel, [flat], relax.TensorType([rows, shape[-1]], "float32")))
+        return relax.op.reshape(y, shape)
+
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         if not isinstance(call.op, tvm.ir.Op):
@@ -68,14 +91,20 @@ class _SpellOutActivations(PyExprMutator):
         if name == "relax.sigmoid":
             return sigmoid(x)
         axis = int(call.attrs.axis)
+        if self.cpu_softmax and dtype == "float32" and axis in (-1, len(x.ty.shape) - 1):
+            return self.row_softmax(x)
         e = exp(op.subtract(x, op.max(x, axis=[axis], keepdims=True)))
         return op.divide(e, op.sum(e, axis=[axis], keepdims=True))
 
 
 @tvm.transform.module_pass(opt_level=0, name="BitfoldFastMath")
 def fast_math(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Spell out activations and softmax; use fast approximations of exp, erf and tanh."""
-    mutator_ = _SpellOutActivations(mod)
+    """Spell out activations and softmax; use fast approximations of exp, erf and tanh.
+
+    Reads the target from the enclosing ``with target:`` (the CPU softmax kernel is for LLVM).
+    """
+    target = tvm.target.Target.current(allow_none=True)
+    mutator_ = _SpellOutActivations(mod, target is not None and target.kind.name == "llvm")
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
             mutator_.builder_.update_func(gv, mutator_.visit_expr(func))

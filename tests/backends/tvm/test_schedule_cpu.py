@@ -11,7 +11,7 @@ from tvm import s_tir, tirx
 
 from bitfold.backends.tvm.build import legalize_and_fuse
 from bitfold.backends.tvm.importer import GraphImporter
-from bitfold.backends.tvm.schedule_cpu import cpu_schedule_pass, vector_bits
+from bitfold.backends.tvm.schedule_cpu import cpu_schedule_pass, parallel_prefix, vector_bits
 from bitfold.backends.tvm.signature import infer_input_specs
 from bitfold.backends.tvm.target import resolve_target
 from bitfold.ir import from_torch
@@ -94,3 +94,58 @@ def test_vector_width_comes_from_the_cpu_features():
     assert vector_bits(resolve_target("llvm -mcpu=znver3")) == 256
     assert vector_bits(resolve_target("llvm -mcpu=skylake-avx512")) == 512
     assert vector_bits(resolve_target("llvm")) == 128
+
+
+class Norms(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer_norm = torch.nn.LayerNorm(64)
+        self.rms_norm = torch.nn.RMSNorm(64, eps=1e-6)
+
+    def forward(self, x):
+        return self.rms_norm(self.layer_norm(x) * 3.0 + 1.0)
+
+
+def test_row_reductions_accumulate_across_vector_lanes():
+    """LayerNorm's and RMSNorm's sums over 64 features run as per-lane partial sums in a
+    vectorized loop (one accumulator chain per row would be latency-bound), and still match."""
+    from bitfold.backends.tvm import compile as tvm_compile
+
+    torch.manual_seed(0)
+    model = Norms().eval()
+    x = torch.randn(2, 12, 64) * 4 + 2
+    gm = from_torch(model, (x,), dynamic_shapes=({1: Dim("seq", min=2, max=64)},))
+    kernels = _schedule(gm)
+    partials = [name for name, func in kernels.items() if "_rf" in func.script()]
+    assert partials, list(kernels)
+    for name in partials:
+        assert "vectorized" in _loop_kinds(kernels[name])
+    compiled = tvm_compile(gm, "llvm")
+    for length in (1, 7, 33):
+        x = torch.randn(2, length, 64) * 4 + 2
+        with torch.no_grad():
+            want = model(x)
+        assert float((compiled(x) - want).abs().max() / want.abs().max()) <= 1e-5
+
+
+def test_parallel_loops_stop_fusing_once_there_is_enough_work():
+    n = tirx.Var("n", "int64")
+    a = tvm.te.placeholder((12, n, 8), name="a")
+    b = tvm.te.compute((12, n, 8), lambda i, j, k: a[i, j, k] * 2.0, name="b")
+    sch = s_tir.Schedule(tvm.te.create_prim_func([a, b]))
+    loops = sch.get_loops(sch.get_sblock("b"))
+    assert parallel_prefix(sch, loops, 8) == loops[:1]
+    assert parallel_prefix(sch, loops, 24) == loops
+    assert parallel_prefix(sch, loops[1:], 4) == loops[1:]
+
+
+def test_cpu_softmax_is_one_vector_kernel():
+    """The Block's softmax compiles to the row kernel of bitfold.codegen, not TE's four."""
+    target = resolve_target("llvm -mcpu=znver3")
+    x, mask = torch.randn(2, 12, 16), torch.ones(2, 12)
+    gm = from_torch(Block().eval(), (x, mask))
+    with target:
+        mod = tvm.transform.Sequential(legalize_and_fuse())(GraphImporter(gm, infer_input_specs(gm), target).run().mod)
+    names = [gv.name_hint for gv, _ in mod.functions_items()]
+    assert "bitfold_softmax_rows" in names
+    assert not any("fast_exp" in name for name in names), names
