@@ -23,8 +23,8 @@ def softmax():
     return run
 
 
-# Row lengths: under one vector, exactly one, a vector plus a tail, whole 4-vector chunks
-# plus single vectors plus a tail, MiniLM's 128. Row counts: under and over one task.
+# Row lengths: under one vector, exactly one, vectors plus a tail, MiniLM's 128, a long row.
+# Row counts: under and over one task.
 @pytest.mark.parametrize("rows,n", [(3, 1), (5, 7), (ROWS_PER_TASK, 8), (17, 13), (2, 75), (40, 128), (1, 1000)])
 def test_matches_torch_softmax(softmax, rows, n):
     x = (np.random.default_rng(n).standard_normal((rows, n)) * 6).astype(np.float32)

@@ -28,6 +28,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from bitfold.backends.tvm.kernel_call import flatten_rows, unflatten_rows
 from bitfold.codegen.cpu_softmax import build_softmax_kernel
 
 
@@ -40,15 +41,12 @@ class _SpellOutActivations(PyExprMutator):
 
     def row_softmax(self, x: relax.Expr) -> relax.Expr:
         """``softmax(x, axis=-1)`` by the CPU row kernel, on ``x`` viewed as ``[rows, n]``."""
-        shape = list(x.ty.shape)
-        rows = 1
-        for d in shape[:-1]:
-            rows = rows * d
         if self.softmax_kernel is None:
             self.softmax_kernel = self.builder_.add_func(build_softmax_kernel(), "bitfold_softmax_rows")
-        flat = self.builder_.emit(relax.op.reshape(x, [rows, shape[-1]]))
-        y = self.builder_.emit(relax.call_tir(self.softmax_kernel, [flat], relax.TensorType([rows, shape[-1]], "float32")))
-        return relax.op.reshape(y, shape)
+        shape = list(x.ty.shape)
+        flat = flatten_rows(self.builder_, x)
+        y = self.builder_.emit(relax.call_tir(self.softmax_kernel, [flat], flat.ty))
+        return unflatten_rows(self.builder_, y, shape, shape[-1])
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)

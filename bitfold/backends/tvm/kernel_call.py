@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from bitfold.backends.tvm.importer import GraphImporter
 
 
-def flatten_rows(imp: "GraphImporter", x: relax.Expr) -> relax.Expr:
-    """``x`` viewed as ``[M, K]`` (all leading dimensions folded into ``M``)."""
+def flatten_rows(imp: "GraphImporter | relax.BlockBuilder", x: relax.Expr) -> relax.Expr:
+    """``x`` viewed as ``[M, K]`` (all leading dimensions folded into ``M``), emitted by
+    ``imp`` (the graph importer, or a Relax pass's block builder)."""
     shape = list(x.ty.shape)
     if len(shape) == 2:
         return x
@@ -30,7 +31,8 @@ def flatten_rows(imp: "GraphImporter", x: relax.Expr) -> relax.Expr:
     return imp.emit(relax.op.reshape(x, [rows, shape[-1]]))
 
 
-def unflatten_rows(imp: "GraphImporter", y: relax.Expr, like: Sequence[Any], features: Any) -> relax.Expr:
+def unflatten_rows(imp: "GraphImporter | relax.BlockBuilder", y: relax.Expr, like: Sequence[Any],
+                   features: Any) -> relax.Expr:
     """``y`` (``[M, N]``) reshaped back to ``like[:-1] + [N]``."""
     if len(like) == 2:
         return y
