@@ -59,7 +59,7 @@ SHAPES = {
 QUICK_SHAPES = ("4096x4096", "minilm-1536x384")
 L3_FALLBACK = 32 * 2**20
 METHODS = ("torch fp32", "ort fp32", "ort nbits L0", "ort nbits L4", "bitfold W4", "bitfold W4A8",
-           "bitfold W3", "bitfold W2", "bitfold FP4")
+           "bitfold W4 LUT", "bitfold W3", "bitfold W2", "bitfold W2A8", "bitfold W2 LUT", "bitfold FP4")
 
 
 def load_average() -> str:
@@ -236,13 +236,13 @@ class BitfoldKernels:
         self.target = host_cpu_target()
         self.build_seconds = 0.0
 
-    def method(self, name: str, q: Quantized, copies: int, int8: bool = False) -> Method:
+    def method(self, name: str, q: Quantized, copies: int, **variant: bool) -> Method:
         from bitfold.codegen import LinearKernelSpec, build_linear_kernel, kernel_inputs_from_tensors
 
         tvm = self.tvm
         n, k = q.dequantized.shape
         spec = LinearKernelSpec(q.fmt, n, k, q.group, q.zero_point is not None, q.shift is not None, False,
-                                int8_activations=int8)
+                                **variant)
         start = time.perf_counter()
         func = build_linear_kernel(spec, self.target)
         lib = tvm.compile(func, target=self.target)
@@ -370,9 +370,12 @@ def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
             "ort nbits L0": lambda: ort_nbits_method(w4, 0, copies(w4.bytes()), threads),
             "ort nbits L4": lambda: ort_nbits_method(w4, 4, copies(w4.bytes()), threads),
             "bitfold W4": lambda: kernels.method("bitfold W4", w4, copies(w4.bytes())),
-            "bitfold W4A8": lambda: kernels.method("bitfold W4A8", w4, copies(w4.bytes()), int8=True),
+            "bitfold W4A8": lambda: kernels.method("bitfold W4A8", w4, copies(w4.bytes()), int8_activations=True),
+            "bitfold W4 LUT": lambda: kernels.method("bitfold W4 LUT", w4, copies(w4.bytes()), lookup_tables=True),
             "bitfold W3": lambda: kernels.method("bitfold W3", w3, copies(w3.bytes())),
             "bitfold W2": lambda: kernels.method("bitfold W2", w2, copies(w2.bytes())),
+            "bitfold W2A8": lambda: kernels.method("bitfold W2A8", w2, copies(w2.bytes()), int8_activations=True),
+            "bitfold W2 LUT": lambda: kernels.method("bitfold W2 LUT", w2, copies(w2.bytes()), lookup_tables=True),
             "bitfold FP4": lambda: kernels.method("bitfold FP4", fp4, copies(fp4.bytes())),
         }
         built = {name: make() for name, make in methods.items() if name in args.methods}

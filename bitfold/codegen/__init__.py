@@ -18,15 +18,18 @@ The interface the graph lowering (:mod:`bitfold.backends.tvm`) uses::
 [shift], [bias], y``); see :mod:`bitfold.codegen.inputs` for each array's shape and meaning.
 ``LinearKernelSpec(..., int8_activations=True)`` selects the W4A8/W2A8 CPU variant, which
 quantizes activations per block of 32 to int8 inside the kernel (ONNX Runtime's
-``accuracy_level=4`` arithmetic). Unsupported formats, shapes or targets raise
-:class:`KernelError` naming them.
+``accuracy_level=4`` arithmetic); ``lookup_tables=True`` selects the T-MAC-style variant for
+2- and 4-bit integer codes, which looks up int8 tables of activation partial sums with the
+weights' bit planes. Unsupported formats, shapes or targets raise :class:`KernelError`
+naming them.
 
 Modules, one job each: :mod:`~bitfold.codegen.spec` (what a kernel computes),
 :mod:`~bitfold.codegen.decode` (code → value per format), :mod:`~bitfold.codegen.layout`
 (the interleaved word layout chosen at pack time), :mod:`~bitfold.codegen.inputs` (tensors →
 kernel arrays), :mod:`~bitfold.codegen.vector` (explicit AVX2 vectors and intrinsics),
 :mod:`~bitfold.codegen.cpu_decode`, :mod:`~bitfold.codegen.cpu_gemv`,
-:mod:`~bitfold.codegen.cpu_gemm`, :mod:`~bitfold.codegen.cpu_int8` (CPU kernels),
+:mod:`~bitfold.codegen.cpu_gemm`, :mod:`~bitfold.codegen.cpu_int8`,
+:mod:`~bitfold.codegen.cpu_lut` (CPU kernels),
 :mod:`~bitfold.codegen.cuda` (CUDA kernels) and :mod:`~bitfold.codegen.kernel` (the builder).
 :mod:`~bitfold.codegen.cpu_softmax` is the one float kernel: a row softmax of dynamic
 length, which :mod:`bitfold.backends.tvm` uses for LLVM targets.

@@ -45,13 +45,13 @@ def tile_loop(a: KernelArgs, min_weights: int):
 
 
 def prepare_row(a: KernelArgs, row, prescales, xs: tir.Buffer, xg, lead=()) -> None:
-    """Fill ``xs[*lead, slot]`` (activations in slot order, prescaled) and ``xg[g]`` for one row."""
+    """Fill ``xs[*lead, slot]`` (activations in slot order, prescaled) and ``xg[*lead, g]`` for one row."""
     L = a.layout
     c = L.codes_per_word
     k_total = a.spec.in_features
     with T.serial(L.groups) as g:
         if xg is not None:
-            T.buffer_store(xg, tir.const(0.0, "float32"), [g])
+            T.buffer_store(xg, tir.const(0.0, "float32"), [*lead, g])
         with T.serial(L.words_per_group) as j:
             for i in range(c):
                 within = j * c + i
@@ -61,7 +61,7 @@ def prepare_row(a: KernelArgs, row, prescales, xs: tir.Buffer, xg, lead=()) -> N
                 slot = (g * L.words_per_group + j) * c + i
                 T.buffer_store(xs, value * tir.const(prescales[i], "float32"), [*lead, slot])
                 if xg is not None:
-                    T.buffer_store(xg, xg[g] + value, [g])
+                    T.buffer_store(xg, xg[(*lead, g)] + value, [*lead, g])
 
 
 def store_tile(a: KernelArgs, row, tile, values: tir.Buffer, offset=0) -> None:

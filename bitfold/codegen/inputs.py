@@ -4,6 +4,7 @@ A kernel built by :func:`bitfold.codegen.build_linear_kernel` takes, in this ord
 
     x [M, K]                      activations (act_dtype)
     codes [tiles, words, 32]      uint32, the word layout of bitfold.codegen.layout
+                                  (lookup-table kernels: [tiles, slots/8, bits/2, 2, 32] uint8 bit planes)
     table                         byte_table: 32 uint8 levels; float_table: 2^b float32 values
     scales [tiles, groups, 32]    float32, s' = scale · 2^-p
     zero_points [tiles, groups, 32]  uint8, z (formats stored with a level offset)
@@ -25,12 +26,13 @@ import torch
 from torch import fx
 
 from bitfold.codegen.decode import DecodePlan, decode_plan
-from bitfold.codegen.layout import WordLayout
+from bitfold.codegen.layout import WordLayout, pack_bit_planes
 from bitfold.codegen.spec import KernelError, LinearKernelSpec, quantized_linear_args, spec_from_node
 from bitfold.ir import formats
 from bitfold.ir.graph_utils import attr_value
 
-#: Input channels per int8 activation block (one scale per block, as ONNX Runtime's level 4).
+#: Input channels per int8 block: one activation scale (as ONNX Runtime's level 4) in the
+#: int8-activation kernel, one table scale in the lookup-table kernel.
 INT8_BLOCK = 32
 #: Largest |k| of the exponent shift for which 2^-k is a normal float32.
 _MAX_SHIFT = 126
@@ -41,17 +43,28 @@ def int8_supported(plan: DecodePlan) -> bool:
     return plan.kind in ("int", "byte_table") and plan.bits in (2, 4) and plan.max_level <= 127
 
 
+def lookup_supported(plan: DecodePlan) -> bool:
+    """Whether the lookup-table kernel takes this decode plan (2- or 4-bit integer levels,
+    whose bits are the planes it looks up)."""
+    return plan.kind == "int" and plan.bits in (2, 4)
+
+
 def layout_for(spec: LinearKernelSpec) -> WordLayout:
-    """The word layout a spec's kernels read."""
+    """The word layout a spec's kernels read (its K slots, for the lookup-table kernel)."""
     plan = decode_plan(spec.weight_format)
     group = spec.effective_group_size or spec.in_features
     multiple = 1
-    if spec.int8_activations:
-        if not int8_supported(plan):
-            raise KernelError(
-                f"int8 activations need 2- or 4-bit integer levels up to 127; {spec.weight_format} has "
-                f"{plan.kind} codes of {plan.bits} bits"
-            )
+    if spec.int8_activations and not int8_supported(plan):
+        raise KernelError(
+            f"int8 activations need 2- or 4-bit integer levels up to 127; {spec.weight_format} has "
+            f"{plan.kind} codes of {plan.bits} bits"
+        )
+    if spec.lookup_tables and not lookup_supported(plan):
+        raise KernelError(
+            f"lookup tables need 2- or 4-bit integer codes; {spec.weight_format} has {plan.kind} codes of "
+            f"{plan.bits} bits"
+        )
+    if spec.int8_activations or spec.lookup_tables:
         multiple = INT8_BLOCK // (32 // plan.bits)
     return WordLayout(plan.bits, spec.out_features, spec.in_features, group, multiple)
 
@@ -113,7 +126,8 @@ def kernel_inputs_from_tensors(
     if packed.size < need:
         raise KernelError(f"packed weight has {packed.size} bytes, {spec.describe()} needs {need}")
     codes = formats.unpack(torch.from_numpy(packed.reshape(-1).copy()), plan.bits, n * k).numpy().reshape(n, k)
-    arrays = [layout.pack(plan.stored_codes(codes))]
+    stored = plan.stored_codes(codes)
+    arrays = [pack_bit_planes(layout, stored) if spec.lookup_tables else layout.pack(stored)]
     table = plan.table()
     if table is not None:
         arrays.append(table)
@@ -151,7 +165,7 @@ def kernel_inputs(spec: LinearKernelSpec, node: fx.Node, gm: fx.GraphModule) -> 
     """Weight-side arrays for ``node`` (a ``bitfold::quantized_linear`` call) in kernel order."""
     args = quantized_linear_args(node)
     node_spec = dataclasses.replace(spec_from_node(node), act_dtype=spec.act_dtype,
-                                    int8_activations=spec.int8_activations)
+                                    int8_activations=spec.int8_activations, lookup_tables=spec.lookup_tables)
     if node_spec != spec:
         raise KernelError(f"node {node.name}: its spec {node_spec.describe()} differs from {spec.describe()}")
     tensors = {}

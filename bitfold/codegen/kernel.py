@@ -14,6 +14,7 @@ from bitfold.codegen import vector as V
 from bitfold.codegen.cpu_gemm import emit_gemm
 from bitfold.codegen.cpu_gemv import emit_gemv
 from bitfold.codegen.cpu_int8 import emit_int8
+from bitfold.codegen.cpu_lut import emit_lut
 from bitfold.codegen.cuda import emit_cuda_gemm, emit_cuda_gemv
 from bitfold.codegen.kernel_args import KernelArgs, declare_args
 from bitfold.codegen.spec import KernelError, LinearKernelSpec
@@ -46,7 +47,8 @@ def kernel_name(spec: LinearKernelSpec, m: Optional[int]) -> str:
     if spec.effective_group_size is not None:
         parts.append(f"g{spec.effective_group_size}")
     parts += [flag for flag, on in (("zp", spec.has_zero_point), ("shift", spec.has_shift),
-                                    ("bias", spec.has_bias), ("a8", spec.int8_activations)) if on]
+                                    ("bias", spec.has_bias), ("a8", spec.int8_activations),
+                                    ("lut", spec.lookup_tables)) if on]
     if spec.act_dtype != "float32":
         parts.append(spec.act_dtype)
     parts.append(f"{spec.out_features}x{spec.in_features}")
@@ -82,10 +84,11 @@ def build_linear_kernel(spec: LinearKernelSpec, target: TargetLike, m: Optional[
     kind = target.kind.name
     if kind not in ("llvm", "cuda"):
         raise KernelError(f"{spec.describe()}: no kernels for target kind {kind!r} (llvm or cuda)")
-    if kind == "cuda" and spec.int8_activations:
-        raise KernelError(f"{spec.describe()}: the int8-activation variant is CPU-only")
-    if kind == "llvm" and spec.int8_activations and not V.has_avx2(target):
-        raise KernelError(f"{spec.describe()}: the int8-activation variant needs an x86 target with AVX2")
+    for on, variant in ((spec.int8_activations, "int8-activation"), (spec.lookup_tables, "lookup-table")):
+        if on and kind == "cuda":
+            raise KernelError(f"{spec.describe()}: the {variant} variant is CPU-only")
+        if on and not V.has_avx2(target):
+            raise KernelError(f"{spec.describe()}: the {variant} variant needs an x86 target with AVX2")
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name(kernel_name(spec, m))
@@ -96,6 +99,8 @@ def build_linear_kernel(spec: LinearKernelSpec, target: TargetLike, m: Optional[
                 _dispatch(args, m, lambda: emit_cuda_gemv(args), lambda: emit_cuda_gemm(args))
             elif spec.int8_activations:
                 emit_int8(args)
+            elif spec.lookup_tables:
+                emit_lut(args)
             else:
                 avx2 = V.has_avx2(target)
                 _dispatch(args, m, lambda: emit_gemv(args, avx2), lambda: emit_gemm(args, avx2))

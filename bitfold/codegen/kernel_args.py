@@ -62,7 +62,8 @@ def declare_args(spec: LinearKernelSpec, m: Any) -> KernelArgs:
     n, k = spec.out_features, spec.in_features
     shapes = {
         "x": ((m, k), spec.act_dtype),
-        "codes": ((layout.tiles, layout.words, TILE), "uint32"),
+        "codes": ((layout.tiles, layout.slots // 8, layout.bits // 2, 2, TILE), "uint8") if spec.lookup_tables
+        else ((layout.tiles, layout.words, TILE), "uint32"),
         "table": ((plan.table().size,), "uint8" if plan.kind == "byte_table" else "float32")
         if plan.kind != "int" else None,
         "scales": ((layout.tiles, layout.groups, TILE), "float32"),

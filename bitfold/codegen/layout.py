@@ -12,6 +12,16 @@ so one 32-byte load gives the same word of 8 channels, and a warp of 32 CUDA thr
 128 contiguous bytes. K slot ``s = word · c + i`` holds input channel ``k(s) = group · g + j·c + i``.
 Per-channel or per-group parameters (scales) are stored ``[tile, group, lane]`` the same way.
 Padding channels (``N`` not a multiple of 32) have zero codes and zero scales.
+
+The lookup-table kernel (:mod:`bitfold.codegen.cpu_lut`) reads the same K slots as bit planes
+instead of words (:func:`pack_bit_planes`): for plane ``p`` of the codes, channel ``n`` and
+slot quad ``q`` (slots ``4q … 4q+3``), the 4-bit index ``Σ_j bit_p(u[n, 4q+j]) · 2^j``. Two
+quads share a byte (low nibble: the even quad), and a 32-byte vector holds 16 channels times
+two planes, channel-major, so that ``vpmaddubsw`` weighs a channel's two planes into one
+int16 lane::
+
+    planes[tile, quad_pair, plane_pair, half, 2·c + e]   (uint8)
+        channel = tile·32 + half·16 + c,   plane = 2·plane_pair + e
 """
 
 from __future__ import annotations
@@ -117,3 +127,29 @@ class WordLayout:
         valid = slot_k >= 0
         out[:, slot_k[valid]] = slotted[: self.out_features, valid]
         return out
+
+
+def pack_bit_planes(layout: WordLayout, codes: np.ndarray) -> np.ndarray:
+    """``[N, K]`` stored codes → ``[tiles, slots/8, bits/2, 2, 32]`` uint8 bit-plane indices.
+
+    ``layout`` fixes the slots (its groups must hold whole slot octets) and the bits (2 or 4).
+    """
+    if layout.bits not in (2, 4) or layout.slots_per_group % 8:
+        raise ValueError(f"bit planes need 2- or 4-bit codes in groups of whole slot octets, got "
+                         f"{layout.bits} bits and {layout.slots_per_group} slots per group")
+    n, k = codes.shape
+    if (n, k) != (layout.out_features, layout.in_features):
+        raise ValueError(f"codes of shape {codes.shape} do not match the layout {layout.out_features}x{layout.in_features}")
+    slot_k = layout.slot_to_channel()
+    valid = slot_k >= 0
+    slotted = np.zeros((layout.padded_out_features, layout.slots), dtype=np.uint8)
+    slotted[:n, valid] = codes[:, slot_k[valid]]
+    planes = (slotted[:, None, :] >> np.arange(layout.bits, dtype=np.uint8)[None, :, None]) & np.uint8(1)
+    quads = planes.reshape(layout.padded_out_features, layout.bits, -1, 4)
+    index = (quads << np.arange(4, dtype=np.uint8)).sum(axis=-1, dtype=np.uint8)
+    pairs = index.reshape(layout.padded_out_features, layout.bits, -1, 2)
+    packed = pairs[..., 0] | (pairs[..., 1] << np.uint8(4))
+    quad_pairs = packed.shape[-1]
+    by_half = packed.reshape(layout.tiles, 2, TILE // 2, layout.bits // 2, 2, quad_pairs)
+    return np.ascontiguousarray(by_half.transpose(0, 5, 3, 1, 2, 4).reshape(
+        layout.tiles, quad_pairs, layout.bits // 2, 2, TILE))

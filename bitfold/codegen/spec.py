@@ -36,6 +36,11 @@ class LinearKernelSpec:
     ``Ŵ[n, j] = decode(code[n, j]) · scale[n, g(j)]`` (minus a zero point for integer
     formats), with ``g(j) = j // group_size``, or one scale per row when ``group_size`` is
     ``None``.
+
+    Two CPU variants trade float activations for int8 arithmetic: ``int8_activations``
+    (activations quantized per block of 32, ``vpmaddubsw``; :mod:`~bitfold.codegen.cpu_int8`)
+    and ``lookup_tables`` (T-MAC's bit-plane table lookups, ``vpshufb``;
+    :mod:`~bitfold.codegen.cpu_lut`).
     """
 
     weight_format: str
@@ -47,6 +52,7 @@ class LinearKernelSpec:
     has_bias: bool
     act_dtype: str = "float32"
     int8_activations: bool = False
+    lookup_tables: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -61,6 +67,8 @@ class LinearKernelSpec:
             raise KernelError(f"kernel spec: group_size must be positive, got {self.group_size}")
         if self.has_zero_point and not fmt.supports_zero_point:
             raise KernelError(f"kernel spec: format {fmt.name} takes no zero point")
+        if self.int8_activations and self.lookup_tables:
+            raise KernelError("kernel spec: choose int8 activations or lookup tables, not both")
         if self.act_dtype not in ACT_DTYPES:
             raise KernelError(
                 f"kernel spec: activation dtype {self.act_dtype!r} is not supported; use one of {ACT_DTYPES}"
@@ -88,7 +96,8 @@ class LinearKernelSpec:
     def describe(self) -> str:
         gran = "per-channel" if self.effective_group_size is None else f"group {self.effective_group_size}"
         extras = [name for name, on in (("zero point", self.has_zero_point), ("shift", self.has_shift),
-                                        ("bias", self.has_bias), ("int8 activations", self.int8_activations)) if on]
+                                        ("bias", self.has_bias), ("int8 activations", self.int8_activations),
+                                        ("lookup tables", self.lookup_tables)) if on]
         return (f"{self.weight_format} {self.out_features}x{self.in_features} ({gran}"
                 + "".join(f", {e}" for e in extras) + f", {self.act_dtype} activations)")
 
@@ -121,7 +130,7 @@ def _act_dtype(node: fx.Node, x: Any) -> str:
     return names[dtype]
 
 
-def spec_from_node(node: fx.Node, int8_activations: bool = False) -> LinearKernelSpec:
+def spec_from_node(node: fx.Node, int8_activations: bool = False, lookup_tables: bool = False) -> LinearKernelSpec:
     """The :class:`LinearKernelSpec` of a ``bitfold::quantized_linear`` call node."""
     args = quantized_linear_args(node)
     try:
@@ -135,6 +144,7 @@ def spec_from_node(node: fx.Node, int8_activations: bool = False) -> LinearKerne
             has_bias=args["bias"] is not None,
             act_dtype=_act_dtype(node, args["x"]),
             int8_activations=int8_activations,
+            lookup_tables=lookup_tables,
         )
     except (KernelError, formats.FormatError) as err:
         raise KernelError(f"node {node.name}: {err}") from None

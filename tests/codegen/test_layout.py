@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bitfold.codegen import KernelError, decode_plan
-from bitfold.codegen.layout import TILE, WordLayout
+from bitfold.codegen.layout import TILE, WordLayout, pack_bit_planes
 from bitfold.ir import formats
 
 
@@ -72,3 +72,34 @@ def test_other_formats_use_a_float_table(fmt, entries):
 def test_unknown_format_is_a_kernel_error():
     with pytest.raises(KernelError, match="unknown number format 'int9'"):
         decode_plan("int9")
+
+
+def test_bit_planes_hold_quad_indices_channel_major():
+    layout = WordLayout(4, 40, 64, 64, 4)
+    codes = np.zeros((40, 64), dtype=np.uint8)
+    codes[33, 13] = 0b1010  # tile 1, half 0, channel 1; quad 3 (odd: high nibble), j = 1; planes 1 and 3
+    planes = pack_bit_planes(layout, codes)
+    assert planes.shape == (2, 8, 2, 2, TILE) and planes.dtype == np.uint8
+    assert planes[1, 1, 0, 0, 2 * 1 + 1] == (1 << 1) << 4  # plane 1 = pair 0, e = 1
+    assert planes[1, 1, 1, 0, 2 * 1 + 1] == (1 << 1) << 4  # plane 3 = pair 1, e = 1
+    assert np.count_nonzero(planes) == 2
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_bit_planes_recombine_to_the_codes(bits):
+    layout = WordLayout(bits, 70, 90, 40, 32 // (32 // bits))
+    codes = np.random.default_rng(bits).integers(0, 2**bits, (70, 90)).astype(np.uint8)
+    planes = pack_bit_planes(layout, codes)
+    nibbles = np.stack([planes & 0x0F, planes >> 4], axis=-1)  # [tile, qp, pp, half, 2c+e, quad parity]
+    nibbles = nibbles.reshape(*planes.shape[:4], TILE // 2, 2, 2)
+    index = nibbles.transpose(0, 3, 4, 2, 5, 1, 6).reshape(layout.padded_out_features, bits, -1)
+    bit = (index[..., None] >> np.arange(4)) & 1  # [channel, plane, quad, j]
+    slotted = (bit.reshape(layout.padded_out_features, bits, -1) << np.arange(bits)[:, None]).sum(axis=1)
+    slot_k = layout.slot_to_channel()
+    np.testing.assert_array_equal(slotted[:70, slot_k >= 0], codes[:, slot_k[slot_k >= 0]])
+    assert not slotted[:, slot_k < 0].any() and not slotted[70:].any()
+
+
+def test_bit_planes_reject_other_widths():
+    with pytest.raises(ValueError, match="2- or 4-bit"):
+        pack_bit_planes(WordLayout(3, 4, 40, 40, 4), np.zeros((4, 40), np.uint8))

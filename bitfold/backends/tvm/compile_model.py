@@ -43,6 +43,7 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
     example_inputs: Optional[Sequence[Any]] = None,
     dynamic_dims: Optional[Mapping[str, Mapping[int, str]]] = None,
     int8_activations: bool = False,
+    lookup_tables: bool = False,
 ) -> CompiledModel:
     """Lower ``model``'s graph to Relax, schedule it for ``target`` and build it.
 
@@ -56,7 +57,12 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
     ``int8_activations=True`` runs quantized linears with :mod:`bitfold.codegen`'s W4A8 CPU
     kernels, which quantize activations to int8 per block of 32 inside the kernel (ONNX
     Runtime's ``accuracy_level=4`` arithmetic): faster, but no longer the simulation's
-    arithmetic (about 1e-2 relative), so off by default.
+    arithmetic (about 1e-2 relative), so off by default. ``lookup_tables=True`` runs 2-bit
+    integer linears with the lookup-table (T-MAC) CPU kernel instead, which tabulates partial
+    sums of activations in int8 and looks them up with the weights' bit planes: as fast as
+    the W2A8 kernel for one row and up to ~1.1× faster for 16 (``benchmarks/kernels.py``),
+    at a similar error. Other layers are unaffected (the 4-bit lookup kernel measured slower
+    than W4A8, so it is not chosen).
     """
     resolved = resolve_target(target)
     gm = _graph_of(model, example_inputs)
@@ -65,7 +71,7 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
         # A graph loaded from disk records no dtypes; the importer checks TVM's converters
         # against them, so record them by running the graph on fake example inputs.
         propagate_shapes(gm, *example_inputs)
-    imported = GraphImporter(gm, specs, resolved, int8_activations).run()
+    imported = GraphImporter(gm, specs, resolved, int8_activations, lookup_tables).run()
     executable = build(imported.mod, resolved)
     return CompiledModel(executable, resolved, imported.inputs, imported.params, imported.output_count,
                          imported.param_names)

@@ -94,7 +94,7 @@ class GraphImporter(ExportedProgramImporter):
 
     def __init__(
         self, gm: fx.GraphModule, inputs: Sequence[InputSpec], target: tvm.target.Target,
-        int8_activations: bool = False,
+        int8_activations: bool = False, lookup_tables: bool = False,
     ) -> None:
         super().__init__()
         self.gm = gm
@@ -105,6 +105,8 @@ class GraphImporter(ExportedProgramImporter):
         self.symbols: Dict[str, tirx.Var] = {}
         #: Use bitfold.codegen's int8-activation (W4A8) kernels for quantized linears.
         self.int8_activations = int8_activations
+        #: Use bitfold.codegen's lookup-table (T-MAC) kernels for 2-bit integer linears.
+        self.lookup_tables = lookup_tables
         #: Column-panel width dense weights are packed to (0: not packed), see :mod:`.lower_dense`.
         self.panel_width = panel_width(target)
         self._param_vars: List[relax.Var] = []

@@ -4,7 +4,8 @@
   bit-exact with the PyTorch simulation for every format it can carry;
 * ``bitfold::quantized_linear`` → the low-bit GEMM/GEMV of :mod:`bitfold.codegen`, called with
   ``call_tir`` on the input flattened to ``[M, K]`` and the packed weight-side arrays (with
-  ``int8_activations``, its W4A8 variant). A format or layout without a kernel is an error
+  ``int8_activations``, its W4A8 variant; with ``lookup_tables``, the lookup-table variant for
+  2-bit integer weights). A format or layout without a kernel is an error
   naming the node: the backend never silently substitutes a dequantized dense product;
 * ``bitfold::fused_linear`` / ``bitfold::fused_conv2d`` → :mod:`.lower_dense`;
 * ``bitfold::quantized_embedding`` → :mod:`.lower_quantized_embedding` (rows decoded from
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Dict
 
 import numpy as np
@@ -55,7 +57,10 @@ def _quantized_linear(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
     try:
         from bitfold import codegen
 
-        spec = codegen.spec_from_node(node, int8_activations=imp.int8_activations)
+        spec = codegen.spec_from_node(node)
+        plan = codegen.decode_plan(spec.weight_format)
+        lookup = imp.lookup_tables and plan.kind == "int" and plan.bits == 2
+        spec = dataclasses.replace(spec, int8_activations=imp.int8_activations and not lookup, lookup_tables=lookup)
         arrays = codegen.kernel_inputs(spec, node, imp.gm)
         prim = codegen.build_linear_kernel(spec, imp.target)
     except Exception as err:  # no kernel for this format/layout, or codegen not available

@@ -7,6 +7,9 @@ import torch
 from torch.export import Dim
 
 from bitfold.backends.tvm import LoweringError, compile
+from bitfold.backends.tvm.importer import GraphImporter
+from bitfold.backends.tvm.signature import infer_input_specs
+from bitfold.backends.tvm.target import resolve_target
 from bitfold.ir import from_torch, ops
 from bitfold.passes import FuseActivation, run_standard_passes
 
@@ -213,3 +216,40 @@ def test_stable_gelu_matches_the_op_and_keeps_the_tail_codes():
         rel = float(((got - ref).abs() / ref.abs())[visible].max())
         assert rel <= 5e-6, f"{name}: relative error {rel:.3g}"
     assert torch.equal(cm(x)[2], want[2])
+
+
+class Int2Layer(torch.nn.Module):
+    def __init__(self, n=40, k=96):
+        super().__init__()
+        weight = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
+        packed = ops.pack_weight(weight, "int2", weight.abs().amax(1) / 1)
+        self.shape = (n, k)
+        self.register_buffer("packed", packed.packed)
+        self.register_buffer("scale", packed.scale)
+
+    def forward(self, x):
+        return ops.quantized_linear(x, self.packed, "int2", *self.shape, self.scale)
+
+
+class Int2ThenInt4(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = Int2Layer(n=128, k=96), Int4Layer(n=48, k=128)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+
+def test_lookup_tables_take_the_2_bit_layers_only():
+    model = Int2ThenInt4().eval()
+    x = torch.randn(1, 6, 96)
+    with torch.no_grad():
+        want = model(x)
+    target = resolve_target("llvm -mcpu=native")
+    gm = from_torch(model, (x,))
+    with target:
+        mod = GraphImporter(gm, infer_input_specs(gm), target, lookup_tables=True).run().mod
+    kernels = sorted(gv.name_hint for gv, f in mod.functions_items() if gv.name_hint.startswith("bitfold_linear"))
+    assert kernels == ["bitfold_linear_int2_lut_128x96", "bitfold_linear_int4_48x128"]
+    compiled = compile(model, "llvm -mcpu=native", example_inputs=(x,), lookup_tables=True)
+    assert 1e-6 < float((compiled(x) - want).abs().max() / want.abs().max()) <= 3e-2  # int8 tables, not exact
