@@ -18,11 +18,12 @@ where ``X[g] = Σ_{k∈g} x̃_k`` (exact) and ``c = (2^bits − 1) / 2`` put bac
 took away, together with the zero point / level offset ``z``. One ``vpshufb``
 looks up 16 channels × 2 planes of one quad; ``vpmaddubsw`` with the byte weights
 ``(2^p, 2^{p+1})`` adds each channel's two planes into an int16 lane, which sums a block
-without overflow (``8 · 15 · 127 < 2^15``) before it is converted and scaled once. Per 128
-weights a 2-bit layer takes 1 lookup pass (load, 2 masks, 2 ``vpshufb``, 2 ``vpmaddubsw``,
-2 adds) where the int8-activation kernel takes 4 ``vpmaddubsw`` passes; a 4-bit layer takes
-two, as many as the int8-activation kernel. The same code serves every ``M``: tables are
-built per row before the parallel loop over channel tiles, rows run inside a tile.
+without overflow (``8 · 15 · 127 < 2^15``) before it is converted and scaled once. On 128
+weights of a 2-bit layer this spends one load, two masks, two ``vpshufb`` and two
+``vpmaddubsw``, where the int8-activation kernel spends four ``vpmaddubsw``, each after a
+shift and a mask; a 4-bit layer needs twice the lookups, and then loses to that kernel
+(``benchmarks/kernels.py``). The same code serves every ``M``: tables are built per row
+before the parallel loop over channel tiles, rows run inside a tile.
 """
 
 from __future__ import annotations

@@ -59,9 +59,9 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
     Runtime's ``accuracy_level=4`` arithmetic): faster, but no longer the simulation's
     arithmetic (about 1e-2 relative), so off by default. ``lookup_tables=True`` runs 2-bit
     integer linears with the lookup-table (T-MAC) CPU kernel instead, which tabulates partial
-    sums of activations in int8 and looks them up with the weights' bit planes: as fast as
-    the W2A8 kernel for one row and up to ~1.1× faster for 16 (``benchmarks/kernels.py``),
-    at a similar error. Other layers are unaffected (the 4-bit lookup kernel measured slower
+    sums of activations in int8 and looks them up with the weights' bit planes: about as
+    fast as the W2A8 kernel for one row, 1.0–1.65× faster for 16 or 64 rows
+    (``benchmarks/kernels.py``), at a similar error. Other layers are unaffected (the 4-bit lookup kernel measured slower
     than W4A8, so it is not chosen).
     """
     resolved = resolve_target(target)
