@@ -21,7 +21,7 @@ The same code serves every ``M``: tiles run in parallel, rows inside a tile.
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List
 
 from tvm import tirx as tir
 from tvm.script.ir_builder import tirx as T
@@ -96,6 +96,43 @@ def _terms_before_widening(a: KernelArgs) -> int:
     return max(1, INT16_MAX // worst)
 
 
+def emit_block_tiles(a: KernelArgs, blocks_per_group: int, block_dots: Callable, group_sum: tir.Buffer,
+                     centre: float = 0.0) -> None:
+    """The loops both int8 kernels share: parallel channel tiles, rows inside a tile, and::
+
+        y[row, n] = Σ_g s'[n,g] · (Σ_{b∈g} block_dots(row, tile, b)[n]  −  (z[n,g] − centre) · X[row, g])
+
+    ``block_dots(row, tile, block)`` emits a block's integer dot products and returns them as
+    ``VECTORS`` float32x8 values, already scaled; ``group_sum`` holds ``X``.
+    """
+    L = a.layout
+    with tile_loop(a, PARALLEL_MIN_WEIGHTS) as tile:
+        total = T.alloc_buffer((TILE,), "float32", scope="local")
+        part = T.alloc_buffer((TILE,), "float32", scope="local")
+        with T.serial(a.m) as row:
+            for r in range(VECTORS):
+                T.buffer_store(total, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
+            with T.serial(L.groups) as g:
+                for r in range(VECTORS):
+                    T.buffer_store(part, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
+                with T.serial(blocks_per_group) as jb:
+                    dots = block_dots(row, tile, g * blocks_per_group + jb)
+                    for r in range(VECTORS):
+                        lane0 = r * V.LANES
+                        T.buffer_store(part, V.load(part, lane0) + dots[r], [V.ramp(lane0)])
+                for r in range(VECTORS):
+                    lane0 = r * V.LANES
+                    value = V.load(part, lane0)
+                    offset = None if a.zero_points is None else a.zero_vector(tile, g, lane0)
+                    if centre:
+                        offset = V.const(-centre, "float32") if offset is None else offset - V.const(centre, "float32")
+                    if offset is not None:
+                        value = value - offset * V.splat(group_sum[row, g])
+                    value = value * V.load(a.scales, tile, g, lane0)
+                    T.buffer_store(total, V.load(total, lane0) + value, [V.ramp(lane0)])
+            store_tile(a, row, tile, total)
+
+
 def emit_int8(a: KernelArgs) -> None:
     """Emit ``y = x̃ Ŵᵀ + b`` with int8-quantized activations (all rows)."""
     L = a.layout
@@ -108,55 +145,38 @@ def emit_int8(a: KernelArgs) -> None:
     block_scale = T.alloc_buffer((a.m, blocks), "float32")
     group_sum = T.alloc_buffer((a.m, L.groups), "float32")
     _quantize_rows(a, packed_q, block_scale, group_sum)
-    mask = 2**L.bits - 1
-    byte_mask = mask * 0x01010101
+    byte_mask = (2**L.bits - 1) * 0x01010101
     terms = _terms_before_widening(a)
-    with tile_loop(a, PARALLEL_MIN_WEIGHTS) as tile:
-        table = T.bind(V.load(a.table, 0, lanes=32)) if a.plan.kind == "byte_table" else None
-        ones = T.bind(V.const(1, "int16", lanes=16))
-        with T.serial(a.m) as row:
-            total = T.alloc_buffer((TILE,), "float32", scope="local")
-            part = T.alloc_buffer((TILE,), "float32", scope="local")
+    table = V.load(a.table, 0, lanes=32) if a.plan.kind == "byte_table" else None
+    ones = V.const(1, "int16", lanes=16)
+
+    def block_dots(row, tile, block):
+        dots = [None] * VECTORS
+        sums = [None] * VECTORS
+        pending = [0] * VECTORS
+        for j in range(words_per_block):
+            word_index = block * words_per_block + j
+            acts = [T.bind(tir.reinterpret("int8x32", V.splat(packed_q[row, word_index * planes + p])))
+                    for p in range(planes)]
             for r in range(VECTORS):
-                T.buffer_store(total, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
-            with T.serial(L.groups) as g:
-                for r in range(VECTORS):
-                    T.buffer_store(part, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
-                with T.serial(blocks_per_group) as jb:
-                    block = g * blocks_per_group + jb
-                    dots = [None] * VECTORS
-                    sums = [None] * VECTORS
-                    pending = [0] * VECTORS
-                    for j in range(words_per_block):
-                        word_index = block * words_per_block + j
-                        acts = [T.bind(tir.reinterpret("int8x32", V.splat(packed_q[row, word_index * planes + p])))
-                                for p in range(planes)]
-                        for r in range(VECTORS):
-                            word = T.bind(V.load(a.codes, tile, word_index, r * V.LANES))
-                            for p in range(planes):
-                                plane = word if p == 0 else word >> V.const(L.bits * p, "uint32")
-                                plane = plane & V.const(byte_mask, "uint32")
-                                if table is not None:
-                                    plane = V.pshufb(table, plane)
-                                term = V.maddubs(plane, acts[p])
-                                sums[r] = term if sums[r] is None else sums[r] + term
-                                pending[r] += 1
-                                if pending[r] == terms:
-                                    widened = V.madd_words(sums[r], ones)
-                                    dots[r] = widened if dots[r] is None else dots[r] + widened
-                                    sums[r], pending[r] = None, 0
-                    scale = T.bind(V.splat(block_scale[row, block]))
-                    for r in range(VECTORS):
-                        if sums[r] is not None:
-                            widened = V.madd_words(sums[r], ones)
-                            dots[r] = widened if dots[r] is None else dots[r] + widened
-                        lane0 = r * V.LANES
-                        T.buffer_store(part, V.load(part, lane0) + V.to_float(dots[r]) * scale, [V.ramp(lane0)])
-                for r in range(VECTORS):
-                    lane0 = r * V.LANES
-                    value = V.load(part, lane0)
-                    if a.zero_points is not None:
-                        value = value - a.zero_vector(tile, g, lane0) * V.splat(group_sum[row, g])
-                    value = value * V.load(a.scales, tile, g, lane0)
-                    T.buffer_store(total, V.load(total, lane0) + value, [V.ramp(lane0)])
-            store_tile(a, row, tile, total)
+                word = T.bind(V.load(a.codes, tile, word_index, r * V.LANES))
+                for p in range(planes):
+                    plane = word if p == 0 else word >> V.const(L.bits * p, "uint32")
+                    plane = plane & V.const(byte_mask, "uint32")
+                    if table is not None:
+                        plane = V.pshufb(table, plane)
+                    term = V.maddubs(plane, acts[p])
+                    sums[r] = term if sums[r] is None else sums[r] + term
+                    pending[r] += 1
+                    if pending[r] == terms:
+                        widened = V.madd_words(sums[r], ones)
+                        dots[r] = widened if dots[r] is None else dots[r] + widened
+                        sums[r], pending[r] = None, 0
+        scale = T.bind(V.splat(block_scale[row, block]))
+        for r in range(VECTORS):
+            if sums[r] is not None:
+                widened = V.madd_words(sums[r], ones)
+                dots[r] = widened if dots[r] is None else dots[r] + widened
+        return [V.to_float(dot) * scale for dot in dots]
+
+    emit_block_tiles(a, blocks_per_group, block_dots, group_sum)

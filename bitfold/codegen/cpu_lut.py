@@ -32,16 +32,14 @@ from tvm import tirx as tir
 from tvm.script.ir_builder import tirx as T
 
 from bitfold.codegen import vector as V
-from bitfold.codegen.cpu_gemv import VECTORS, prepare_row, store_tile, tile_loop
-from bitfold.codegen.cpu_int8 import PARALLEL_MIN_WEIGHTS, QMAX
+from bitfold.codegen.cpu_gemv import prepare_row
+from bitfold.codegen.cpu_int8 import QMAX, emit_block_tiles
 from bitfold.codegen.inputs import INT8_BLOCK
 from bitfold.codegen.kernel_args import KernelArgs
-from bitfold.codegen.layout import TILE
 
 QUAD = 4
 TABLE = 16
 QUADS_PER_BLOCK = INT8_BLOCK // QUAD
-HALF = TILE // 2
 
 
 def _bit_mask(j: int) -> tir.PrimExpr:
@@ -109,39 +107,22 @@ def _lookup_block(a: KernelArgs, tables: tir.Buffer, row, tile, block) -> list:
 def emit_lut(a: KernelArgs) -> None:
     """Emit ``y = x̃ Ŵᵀ + b`` by table lookup (all rows)."""
     L = a.layout
-    blocks_per_group = L.slots_per_group // INT8_BLOCK
-    centre = (2**L.bits - 1) / 2
     xs = T.alloc_buffer((a.m, L.slots), "float32")
-    xg = T.alloc_buffer((a.m, L.groups), "float32")
+    group_sum = T.alloc_buffer((a.m, L.groups), "float32")
     tables = T.alloc_buffer((a.m, L.slots // QUAD, 2 * TABLE), "int8")
     block_scale = T.alloc_buffer((a.m, L.slots // INT8_BLOCK), "float32")
     with T.serial(a.m) as row:
-        prepare_row(a, row, [1.0] * L.codes_per_word, xs, xg, lead=(row,))
+        prepare_row(a, row, [1.0] * L.codes_per_word, xs, group_sum, lead=(row,))
     _build_tables(a, xs, tables, block_scale)
-    with tile_loop(a, PARALLEL_MIN_WEIGHTS) as tile:
-        total = T.alloc_buffer((TILE,), "float32", scope="local")
-        part = T.alloc_buffer((TILE,), "float32", scope="local")
-        wide = T.alloc_buffer((TILE,), "int16", scope="local")
-        with T.serial(a.m) as row:
-            for r in range(VECTORS):
-                T.buffer_store(total, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
-            with T.serial(L.groups) as g:
-                for r in range(VECTORS):
-                    T.buffer_store(part, V.const(0.0, "float32"), [V.ramp(r * V.LANES)])
-                with T.serial(blocks_per_group) as jb:
-                    block = g * blocks_per_group + jb
-                    for half, sums in enumerate(_lookup_block(a, tables, row, tile, block)):
-                        T.buffer_store(wide, sums, [V.ramp(half * HALF, HALF)])
-                    scale = T.bind(V.splat(block_scale[row, block]))
-                    for r in range(VECTORS):
-                        lane0 = r * V.LANES
-                        dots = V.to_float(tir.Cast("int32x8", V.load(wide, lane0)))
-                        T.buffer_store(part, V.load(part, lane0) + dots * scale, [V.ramp(lane0)])
-                for r in range(VECTORS):
-                    lane0 = r * V.LANES
-                    offset = V.const(-centre, "float32")
-                    if a.zero_points is not None:
-                        offset = a.zero_vector(tile, g, lane0) + offset
-                    value = (V.load(part, lane0) - offset * V.splat(xg[row, g])) * V.load(a.scales, tile, g, lane0)
-                    T.buffer_store(total, V.load(total, lane0) + value, [V.ramp(lane0)])
-            store_tile(a, row, tile, total)
+
+    def block_dots(row, tile, block):
+        scale = T.bind(V.splat(block_scale[row, block]))
+        dots = []
+        for sums in _lookup_block(a, tables, row, tile, block):
+            sums = T.bind(sums)
+            for first in (0, V.LANES):
+                lanes = tir.Shuffle([sums], [tir.const(first + i, "int32") for i in range(V.LANES)])
+                dots.append(V.to_float(tir.Cast("int32x8", lanes)) * scale)
+        return dots
+
+    emit_block_tiles(a, L.slots_per_group // INT8_BLOCK, block_dots, group_sum, centre=(2**L.bits - 1) / 2)

@@ -78,3 +78,16 @@ class Kernel:
 def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     """max |got - want| / max |want|."""
     return float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def kernel_outputs(layer: Layer, rows=(1, 5)):
+    """Compile ``layer``'s kernel for this CPU and run it on random inputs of each row count:
+    yields ``(x, y)`` pairs."""
+    from bitfold.codegen import host_cpu_target
+
+    kernel = Kernel(layer.spec, host_cpu_target())
+    arrays = layer.arrays()
+    gen = torch.Generator().manual_seed(0)
+    for m in rows:
+        x = torch.randn(m, layer.spec.in_features, generator=gen)
+        yield x, kernel(x.numpy(), arrays)

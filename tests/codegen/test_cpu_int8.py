@@ -11,7 +11,7 @@ from bitfold.codegen import host_cpu_target
 from bitfold.codegen.inputs import INT8_BLOCK, layout_for
 from bitfold.codegen.vector import has_avx2
 
-from ._helpers import Kernel, random_layer, rel_error
+from ._helpers import kernel_outputs, random_layer, rel_error
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,12 +45,7 @@ def quantize_like_the_kernel(x: np.ndarray, layer) -> np.ndarray:
                                               ("e2m1", 50, 90, 40, False), ("uint4", 1030, 1100, 128, True)])
 def test_int8_activation_kernel(fmt, n, k, group, zp):
     layer = random_layer(fmt, n, k, group, zp, True, True, seed=n, int8_activations=True)
-    kernel = Kernel(layer.spec, host_cpu_target())
-    arrays = layer.arrays()
-    gen = torch.Generator().manual_seed(0)
-    for m in (1, 5):
-        x = torch.randn(m, k, generator=gen)
-        got = kernel(x.numpy(), arrays)
+    for x, got in kernel_outputs(layer):
         xq = torch.from_numpy(quantize_like_the_kernel(x.numpy(), layer))
         unshifted = dataclasses.replace(layer, shift=None, spec=dataclasses.replace(layer.spec, has_shift=False))
         assert rel_error(got, unshifted.reference(xq)) <= 1e-5

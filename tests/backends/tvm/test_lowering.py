@@ -10,7 +10,7 @@ from bitfold.backends.tvm import LoweringError, compile
 from bitfold.backends.tvm.importer import GraphImporter
 from bitfold.backends.tvm.signature import infer_input_specs
 from bitfold.backends.tvm.target import resolve_target
-from bitfold.ir import from_torch, ops
+from bitfold.ir import formats, from_torch, ops
 from bitfold.passes import FuseActivation, run_standard_passes
 
 pytestmark = pytest.mark.slow
@@ -137,21 +137,23 @@ def test_a_quantized_linear_without_a_kernel_is_an_error_not_a_dense_fallback():
         compile(Float64Layer(), "llvm", example_inputs=(torch.randn(2, 32, dtype=torch.float64),))
 
 
-class Int4Layer(torch.nn.Module):
-    def __init__(self, n=48, k=128):
+class PackedLayer(torch.nn.Module):
+    """A ``bitfold::quantized_linear`` of random weights in ``fmt``, per-channel scales."""
+
+    def __init__(self, fmt="int4", n=48, k=128, seed=0):
         super().__init__()
-        weight = torch.randn(n, k, generator=torch.Generator().manual_seed(0))
-        packed = ops.pack_weight(weight, "int4", weight.abs().amax(1) / 7)
-        self.shape = (n, k)
+        weight = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+        packed = ops.pack_weight(weight, fmt, weight.abs().amax(1) / formats.get(fmt).max)
+        self.fmt, self.shape = fmt, (n, k)
         self.register_buffer("packed", packed.packed)
         self.register_buffer("scale", packed.scale)
 
     def forward(self, x):
-        return ops.quantized_linear(x, self.packed, "int4", *self.shape, self.scale)
+        return ops.quantized_linear(x, self.packed, self.fmt, *self.shape, self.scale)
 
 
 def test_int8_activation_kernels_are_opt_in_and_close_to_the_op():
-    layer = Int4Layer().eval()
+    layer = PackedLayer().eval()
     x = torch.randn(1, 5, 128)
     with torch.no_grad():
         want = layer(x)
@@ -218,23 +220,10 @@ def test_stable_gelu_matches_the_op_and_keeps_the_tail_codes():
     assert torch.equal(cm(x)[2], want[2])
 
 
-class Int2Layer(torch.nn.Module):
-    def __init__(self, n=40, k=96):
-        super().__init__()
-        weight = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
-        packed = ops.pack_weight(weight, "int2", weight.abs().amax(1) / 1)
-        self.shape = (n, k)
-        self.register_buffer("packed", packed.packed)
-        self.register_buffer("scale", packed.scale)
-
-    def forward(self, x):
-        return ops.quantized_linear(x, self.packed, "int2", *self.shape, self.scale)
-
-
 class Int2ThenInt4(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.first, self.second = Int2Layer(n=128, k=96), Int4Layer(n=48, k=128)
+        self.first, self.second = PackedLayer("int2", n=128, k=96, seed=1), PackedLayer("int4", n=48, k=128)
 
     def forward(self, x):
         return self.second(self.first(x))
