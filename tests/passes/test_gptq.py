@@ -57,15 +57,38 @@ def test_gptq_equals_nearest_for_uncorrelated_inputs():
     assert torch.equal(gptq_round(W, H, row_quantizer(E2M1, scale)), E2M1.quantize(W, scale, axis=0))
 
 
-def test_gptq_rounds_dead_inputs_to_nearest():
+@pytest.mark.parametrize("act_order", [True, False])
+def test_gptq_rounds_dead_inputs_to_nearest(act_order):
     W, X = correlated_layer()
     X[:, 5] = 0
     scale = W.abs().amax(1) / E2M1.max
-    Q = gptq_round(W, X.T @ X, row_quantizer(E2M1, scale))
+    H = X.T @ X
+    Q = gptq_round(W, H, row_quantizer(E2M1, scale), act_order=act_order)
     nearest = E2M1.quantize(W, scale, axis=0)
     assert torch.isfinite(Q).all()
     assert torch.equal(Q[:, 5], nearest[:, 5])  # no other column's error moves a dead one
-    assert torch.equal(Q[:, 0], nearest[:, 0])  # the first column is never corrected
+    first = int(torch.diagonal(H).argmax()) if act_order else 0
+    assert torch.equal(Q[:, first], nearest[:, first])  # the first column rounded is never corrected
+
+
+def test_act_order_rounds_the_strongest_inputs_first():
+    """Scale one input up: act order rounds it first (to nearest) and lets the others absorb it."""
+    W, X = correlated_layer()
+    X[:, 40] *= 10
+    scale = W.abs().amax(1) / E2M1.max
+    quantize = row_quantizer(E2M1, scale)
+    ordered, in_place = gptq_round(W, X.T @ X, quantize), gptq_round(W, X.T @ X, quantize, act_order=False)
+    assert torch.equal(ordered[:, 40], E2M1.quantize(W, scale, axis=0)[:, 40])
+    assert not torch.equal(in_place[:, 40], ordered[:, 40])
+    err = lambda V: float((X @ (V - W).T).square().sum())  # noqa: E731
+    assert err(ordered) < err(in_place)
+
+
+def test_act_order_passes_original_column_indices():
+    W, X = correlated_layer(K=32)
+    seen = []
+    gptq_round(W, X.T @ X, lambda column, j: seen.append(j) or E2M1.quantize(column, torch.ones(()), axis=0))
+    assert sorted(seen) == list(range(32)) and seen != list(range(32))
 
 
 def test_gptq_errors():
