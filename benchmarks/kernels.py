@@ -378,10 +378,12 @@ def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
             "bitfold W2 LUT": lambda: kernels.method("bitfold W2 LUT", w2, copies(w2.bytes()), lookup_tables=True),
             "bitfold FP4": lambda: kernels.method("bitfold FP4", fp4, copies(fp4.bytes())),
         }
-        built = {name: make() for name, make in methods.items() if name in args.methods}
-        for m in args.m:
-            x = (torch.randn(m, k, generator=gen)).numpy()
-            for name, method in built.items():
+        inputs = {m: torch.randn(m, k, generator=gen).numpy() for m in args.m}
+        for name in (name for name in methods if name in args.methods):
+            # One method alive at a time: ONNX Runtime's idle session thread pools, left
+            # alive beside TVM's, halved the TVM kernels' two-thread speed on some shapes.
+            method = methods[name]()
+            for m, x in inputs.items():
                 repeats = args.repeats if m == 1 else max(5, args.repeats // 3)
                 t_min, t_med, y = time_method(method, x, repeats)
                 want = x.astype(np.float64) @ method.dequantized.T
@@ -394,8 +396,7 @@ def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
                     "gflops": 2 * m * n * k / t_min / 1e9,
                     "error": float(np.abs(y - want).max() / np.abs(want).max()),
                 })
-            del x
-        del built
+            del method
     return {"threads": threads, "bandwidth_gb_s": bandwidth, "bandwidth_probe": probe,
             "build_seconds": kernels.build_seconds, "rows": rows}
 
