@@ -60,7 +60,7 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
     arithmetic (about 1e-2 relative), so off by default. ``lookup_tables=True`` runs 2-bit
     integer linears with the lookup-table (T-MAC) CPU kernel instead, which tabulates partial
     sums of activations in int8 and looks them up with the weights' bit planes: about as
-    fast as the W2A8 kernel for one row, 1.0–1.65× faster for 16 or 64 rows
+    fast as the W2A8 kernel for one row, up to ~1.15× faster for 16 or 64 rows
     (``benchmarks/kernels.py``), at a similar error. Other layers are unaffected (the 4-bit lookup kernel measured slower
     than W4A8, so it is not chosen).
     """
