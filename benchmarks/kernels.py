@@ -379,10 +379,12 @@ def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
             "bitfold FP4": lambda: kernels.method("bitfold FP4", fp4, copies(fp4.bytes())),
         }
         inputs = {m: torch.randn(m, k, generator=gen).numpy() for m in args.m}
-        for name in (name for name in methods if name in args.methods):
+        for name, make in methods.items():
+            if name not in args.methods:
+                continue
             # One method alive at a time: ONNX Runtime's idle session thread pools, left
             # alive beside TVM's, halved the TVM kernels' two-thread speed on some shapes.
-            method = methods[name]()
+            method = make()
             for m, x in inputs.items():
                 repeats = args.repeats if m == 1 else max(5, args.repeats // 3)
                 t_min, t_med, y = time_method(method, x, repeats)

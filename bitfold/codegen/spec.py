@@ -130,8 +130,9 @@ def _act_dtype(node: fx.Node, x: Any) -> str:
     return names[dtype]
 
 
-def spec_from_node(node: fx.Node, int8_activations: bool = False, lookup_tables: bool = False) -> LinearKernelSpec:
-    """The :class:`LinearKernelSpec` of a ``bitfold::quantized_linear`` call node."""
+def spec_from_node(node: fx.Node) -> LinearKernelSpec:
+    """The :class:`LinearKernelSpec` of a ``bitfold::quantized_linear`` call node (float
+    activations; the int8 variants are a ``dataclasses.replace`` away)."""
     args = quantized_linear_args(node)
     try:
         return LinearKernelSpec(
@@ -143,8 +144,6 @@ def spec_from_node(node: fx.Node, int8_activations: bool = False, lookup_tables:
             has_shift=args["input_shift"] is not None,
             has_bias=args["bias"] is not None,
             act_dtype=_act_dtype(node, args["x"]),
-            int8_activations=int8_activations,
-            lookup_tables=lookup_tables,
         )
     except (KernelError, formats.FormatError) as err:
         raise KernelError(f"node {node.name}: {err}") from None

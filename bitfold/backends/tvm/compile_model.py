@@ -61,8 +61,8 @@ def compile(  # noqa: A001 - the public name users expect (like torch.compile)
     integer linears with the lookup-table (T-MAC) CPU kernel instead, which tabulates partial
     sums of activations in int8 and looks them up with the weights' bit planes: about as
     fast as the W2A8 kernel for one row, up to ~1.15× faster for 16 or 64 rows
-    (``benchmarks/kernels.py``), at a similar error. Other layers are unaffected (the 4-bit lookup kernel measured slower
-    than W4A8, so it is not chosen).
+    (``benchmarks/kernels.py``), at a similar error. Other layers are unaffected (the 4-bit
+    lookup kernel measured slower than W4A8, so it is not chosen).
     """
     resolved = resolve_target(target)
     gm = _graph_of(model, example_inputs)

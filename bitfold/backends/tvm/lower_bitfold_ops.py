@@ -56,10 +56,11 @@ def _fake_quantize(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
 def _quantized_linear(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
     try:
         from bitfold import codegen
+        from bitfold.codegen.inputs import lookup_supported
 
         spec = codegen.spec_from_node(node)
         plan = codegen.decode_plan(spec.weight_format)
-        lookup = imp.lookup_tables and plan.kind == "int" and plan.bits == 2
+        lookup = imp.lookup_tables and plan.bits == 2 and lookup_supported(plan)
         spec = dataclasses.replace(spec, int8_activations=imp.int8_activations and not lookup, lookup_tables=lookup)
         arrays = codegen.kernel_inputs(spec, node, imp.gm)
         prim = codegen.build_linear_kernel(spec, imp.target)
