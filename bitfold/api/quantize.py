@@ -23,9 +23,10 @@ from bitfold.passes.fuse_split_linears import FuseSplitLinears
 from bitfold.passes.quantize_convs import QuantizeConvs
 from bitfold.passes.quantize_embeddings import QuantizeEmbeddings
 from bitfold.passes.quantize_linears import QuantizeLinears, input_key
+from bitfold.passes.rotate_inputs import RotateInputs, activation_fed, rotation_of
 from bitfold.passes.split_layers import SPLIT_KEY, SplitLayers
 from bitfold.passes.stabilize_gelu import StabilizeGelu
-from bitfold.recipes import Recipe, SplitSpec, load_recipe
+from bitfold.recipes import Recipe, RotateSpec, SplitSpec, load_recipe
 
 ModelLike = Union[torch.nn.Module, str, os.PathLike, onnx.ModelProto]
 
@@ -71,6 +72,16 @@ def _split(
     names = [n.name for n in layers if n.target == torch.ops.aten.linear.default and "linear" in spec.layers and not any(
         fnmatch.fnmatch(name, p) for p in spec.exclude for name in (n.name, str(n.args[1].target)))]
     PassManager([SplitLayers(spec.k, spec.per_channel, kinds=["linear"], layers=names)], sample_inputs=example).run(gm)
+
+
+def _rotate(
+    gm: torch.fx.GraphModule, spec: RotateSpec, layers: Sequence[torch.fx.Node], example: Tuple[Any, ...]
+) -> None:
+    """Hadamard-rotate the inputs of the chosen linears that ``spec`` selects (verified on ``example``)."""
+    names = [n.name for n in layers if n.target == torch.ops.aten.linear.default
+             and (spec.inputs == "all" or activation_fed(n))
+             and not any(fnmatch.fnmatch(name, p) for p in spec.exclude for name in (n.name, str(n.args[1].target)))]
+    PassManager([RotateInputs(names, spec.max_block)], sample_inputs=example).run(gm)
 
 
 def _calibrate_and_plan(gm: torch.fx.GraphModule, recipe: Recipe, data: Sequence[Tuple[Any, ...]],
@@ -133,6 +144,9 @@ def quantize(
         gm = from_onnx(model)
     run_standard_passes(gm, sample_inputs=example)
     layers, kept_float = select_layers(gm, recipe)
+    if recipe.rotate is not None:
+        _rotate(gm, recipe.rotate, layers, example)
+        layers, kept_float = select_layers(gm, recipe)
     if recipe.split is not None:
         _split(gm, recipe.split, layers, example)
         layers, kept_float = select_layers(gm, recipe)
@@ -140,7 +154,10 @@ def quantize(
         PassManager([StabilizeGelu(n.name for n in layers)], sample_inputs=example).run(gm)
     plan = _calibrate_and_plan(gm, recipe, data, layers, layers_per_pass, progress)
     for report in plan.reports:
-        part = next(n for n in layers if n.name == report.layer).meta.get(SPLIT_KEY)
+        layer = next(n for n in layers if n.name == report.layer)
+        if rotation_of(layer) is not None:
+            report.notes.append(f"input rotated by a {rotation_of(layer)}-block Hadamard (weight counter-rotated)")
+        part = layer.meta.get(SPLIT_KEY)
         if part is not None:
             report.notes.append(f"SplitQuant part {part['part'] + 1}/{part['clusters']} of {part['layer']}")
     convs = {n.name for n in layers if n.target == torch.ops.aten.conv2d.default}

@@ -56,6 +56,11 @@ weight_scale, group_size, weight_zero_point) -> Tensor``
 ``bitfold::gelu(x, approximate) -> Tensor``
     GELU spelled without float32 cancellation, step for step the same in every backend
     (:mod:`bitfold.ir.stable_gelu`); used where a GELU output is quantized.
+
+``bitfold::hadamard(x, block) -> Tensor``
+    ``x`` rotated by a block-diagonal Hadamard matrix along its last axis, as butterfly
+    steps that every backend repeats exactly (:mod:`bitfold.ir.hadamard`); inserted by
+    :mod:`bitfold.passes.rotate_inputs` in front of layers whose weights were counter-rotated.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ import torch
 
 from bitfold.ir import formats
 from bitfold.ir.formats import BlockFormat, Format
+from bitfold.ir.hadamard import hadamard  # noqa: F401  (registers bitfold::hadamard)
 from bitfold.ir.stable_gelu import gelu  # noqa: F401  (registers bitfold::gelu)
 
 

@@ -75,6 +75,8 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> Optional[Decision]:
         return Decision("embedding", True, "embedding table (weight-only, per row)")
     if target in _QUANTIZED:
         return Decision("quantized", False, "already a bitfold quantized op")
+    if target is torch.ops.bitfold.hadamard.default:
+        return Decision(None, False, "Hadamard rotation stays float (its output is what gets quantized)")
     if target in NORMS:
         return Decision(None, False, "normalization stays float (statistics are precision-sensitive)")
     if target in SOFTMAX:

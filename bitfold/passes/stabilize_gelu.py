@@ -4,9 +4,9 @@ Rewrites a GELU whose output is quantized::
 
     gelu(x, approximate)   →   bitfold.gelu(x, approximate)
 
-"Quantized" means it reaches, through views and multiplies by constants (LLM-FP4's
-pre-shift, SmoothQuant's scales), either a ``bitfold::fake_quantize`` or the input of a layer
-named in ``quantized_inputs``. The second form lets :func:`bitfold.quantize` run the pass on
+"Quantized" means it reaches, through views, multiplies by constants (LLM-FP4's
+pre-shift, SmoothQuant's scales) and Hadamard rotations (:mod:`bitfold.ir.hadamard`),
+either a ``bitfold::fake_quantize`` or the input of a layer named in ``quantized_inputs``. The second form lets :func:`bitfold.quantize` run the pass on
 the float graph, before calibration, so that calibration, the format search and the
 final model all see the same GELU values.
 
@@ -33,6 +33,7 @@ from bitfold.passes.rewrite import Failure, Match, RewritePass, RewriteRule
 aten = torch.ops.aten
 _SCALINGS = frozenset({aten.mul.Tensor, aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar})
 _FAKE_QUANTIZE = torch.ops.bitfold.fake_quantize.default
+_PASS_THROUGH = VIEWS | IDENTITIES | {torch.ops.bitfold.hadamard.default}
 
 
 def _scales_by_constant(user: fx.Node, value: fx.Node, gm: fx.GraphModule) -> bool:
@@ -52,7 +53,7 @@ def _reaches_quantizer(node: fx.Node, gm: fx.GraphModule, quantized_inputs: Froz
             seen.add(user)
             if (user.target is _FAKE_QUANTIZE or user.name in quantized_inputs) and user.args[0] is value:
                 return True
-            if user.target in VIEWS | IDENTITIES or _scales_by_constant(user, value, gm):
+            if user.target in _PASS_THROUGH or _scales_by_constant(user, value, gm):
                 frontier.append(user)
     return False
 

@@ -3,7 +3,7 @@
 A recipe says which layers to quantize, in which number formats, how scales are chosen
 (``minmax``, or LLM-FP4's ``search``), whether activations are quantized and with LLM-FP4's
 pre-shifted exponent bias or SmoothQuant-style migration, and how much calibration data to
-use. The named recipes live next to this file as ``<name>.yaml``; any other YAML file with
+use, and whether layer inputs are Hadamard-rotated first. The named recipes live next to this file as ``<name>.yaml``; any other YAML file with
 the same schema works too. Unknown keys are errors, so a typo never silently does nothing.
 """
 
@@ -75,6 +75,17 @@ class SplitSpec:
 
 
 @dataclass(frozen=True)
+class RotateSpec:
+    """Block-Hadamard rotation of layer inputs before quantization (:mod:`bitfold.passes.rotate_inputs`)."""
+
+    # "activation": linears that read an elementwise activation's output (GELU, SiLU·up), where
+    # the pre-shift has no exact fold; "all": every quantized linear
+    inputs: str = "activation"
+    max_block: int = 512                  # the largest Hadamard block, a power of two
+    exclude: List[str] = field(default_factory=list)                # name patterns never rotated
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     version: int
@@ -84,6 +95,7 @@ class Recipe:
     search: SearchSpec = SearchSpec()
     smoothquant_alpha: Optional[float] = None
     split: Optional[SplitSpec] = None
+    rotate: Optional[RotateSpec] = None
     layers: List[str] = field(default_factory=lambda: ["linear"])
     exclude: List[str] = field(default_factory=list)
     calibration_samples: int = 128
@@ -168,6 +180,19 @@ def _validate(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: unknown layer kind(s) {', '.join(bad)}")
     if recipe.split is not None:
         _validate_split(recipe.split, recipe.layers, where)
+    if recipe.rotate is not None:
+        _validate_rotate(recipe.rotate, recipe.layers, where)
+
+
+def _validate_rotate(rotate: RotateSpec, quantized: List[str], where: str) -> None:
+    if rotate.inputs not in ("activation", "all"):
+        raise RecipeError(f"{where}: rotate.inputs must be activation or all, not {rotate.inputs!r}")
+    block = rotate.max_block
+    if not isinstance(block, int) or block < 2 or block & (block - 1):
+        raise RecipeError(f"{where}: rotate.max_block must be a power of two >= 2, not {block!r}")
+    if "linear" not in quantized:
+        raise RecipeError(f"{where}: rotate applies to linear layers, which the recipe does not quantize "
+                          f"(layers: {', '.join(quantized)})")
 
 
 def _validate_split(split: SplitSpec, quantized: List[str], where: str) -> None:
@@ -201,6 +226,8 @@ def parse_recipe(data: Dict[str, Any], source: str = "<dict>") -> Recipe:
         data["search"] = _build(SearchSpec, data["search"], f"{source}: search")
     if data.get("split") is not None:
         data["split"] = _build(SplitSpec, data["split"], f"{source}: split")
+    if data.get("rotate") is not None:
+        data["rotate"] = _build(RotateSpec, data["rotate"], f"{source}: rotate")
     recipe = _build(Recipe, {**data, "source": source}, source)
     _validate(recipe, source)
     return recipe

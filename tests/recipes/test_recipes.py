@@ -42,6 +42,14 @@ def test_yaml_file(tmp_path):
     ({"name": "x", "version": 1, "description": "", "weights": {"bits": 4, "rounding": "gptq"},
       "activations": {"bits": 4, "granularity": "tensor", "preshift": True, "shift_weights": "float"}},
      "does not combine"),
+    ({"name": "x", "version": 1, "description": "", "weights": {"bits": 4}, "rotate": {"inputs": "some"}},
+     "rotate.inputs must be activation or all"),
+    ({"name": "x", "version": 1, "description": "", "weights": {"bits": 4}, "rotate": {"max_block": 384}},
+     "rotate.max_block must be a power of two"),
+    ({"name": "x", "version": 1, "description": "", "weights": {"bits": 4}, "layers": ["conv"], "rotate": {}},
+     "rotate applies to linear layers"),
+    ({"name": "x", "version": 1, "description": "", "weights": {"bits": 4}, "rotate": {"block": 64}},
+     "rotate: unknown key.*block"),
 ])
 def test_invalid_recipes(data, message):
     with pytest.raises(RecipeError, match=message):

@@ -36,7 +36,7 @@ from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 import bitfold
 from bitfold.backends.onnx import (  # noqa: F401  (importing registers the lowerings)
-    decompositions, lower_codebook_linear, lower_fake_quantize, lower_gelu, lower_quantized_conv2d,
+    decompositions, lower_codebook_linear, lower_fake_quantize, lower_gelu, lower_hadamard, lower_quantized_conv2d,
     lower_quantized_embedding, lower_quantized_linear,
 )
 from bitfold.backends.onnx.capture import export_graph

@@ -13,7 +13,9 @@
 * ``bitfold::quantized_conv2d`` → :mod:`.lower_quantized_conv2d` (the packed weight decoded in
   the module, then ``conv2d``);
 * ``bitfold::gelu`` → the steps of :func:`bitfold.ir.stable_gelu.spell_gelu` as Relax
-  elementwise ops (fused into one kernel; ``exp`` becomes ``fast_exp`` like every other).
+  elementwise ops (fused into one kernel; ``exp`` becomes ``fast_exp`` like every other);
+* ``bitfold::hadamard`` → :mod:`bitfold.codegen.hadamard`'s kernel on the input viewed as
+  ``[groups, block]`` (the same butterflies as PyTorch, bit-identical).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from bitfold.backends.tvm.lower_dense import emit_conv2d, emit_linear
 from bitfold.backends.tvm.lower_fake_quantize import codebook_grid, fake_quantize_te
 from bitfold.backends.tvm.lower_quantized_conv2d import lower_quantized_conv2d
 from bitfold.backends.tvm.lower_quantized_embedding import lower_quantized_embedding
+from bitfold.codegen.hadamard import build_hadamard_kernel
+from bitfold.ir.hadamard import HadamardError, check_block
 from bitfold.ir.stable_gelu import APPROXIMATIONS, spell_gelu
 
 if TYPE_CHECKING:
@@ -123,6 +127,25 @@ def _gelu(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
     return spell_gelu(x, RelaxArithmetic(imp.block_builder, dtype_of(x)), a["approximate"])
 
 
+def _hadamard(imp: "GraphImporter", node: fx.Node) -> relax.Expr:
+    a = op_arguments(node)
+    x = imp.env[a["x"]]
+    block, shape = a["block"], list(x.ty.shape)
+    try:
+        check_block(block, int(shape[-1]))
+    except (HadamardError, TypeError) as err:
+        raise LoweringError(f"{node_label(node)}: {err}") from None
+    if dtype_of(x) != "float32":
+        raise LoweringError(f"{node_label(node)}: the Hadamard kernel is float32, the input is {dtype_of(x)}")
+    groups = 1
+    for d in shape:
+        groups = groups * d
+    flat = imp.emit(relax.op.reshape(x, [groups // block, block]))
+    kernel = imp.block_builder.add_func(build_hadamard_kernel(block, imp.target), f"bitfold_hadamard{block}")
+    y = imp.emit(relax.call_tir(kernel, [flat], flat.ty))
+    return imp.emit(relax.op.reshape(y, shape))
+
+
 def converters(imp: "GraphImporter") -> Dict[Any, "Converter"]:
     """Converters keyed by the bitfold op overloads themselves."""
     table = {
@@ -132,6 +155,7 @@ def converters(imp: "GraphImporter") -> Dict[Any, "Converter"]:
         bitfold_ops.fused_linear.default: _fused_linear,
         bitfold_ops.fused_conv2d.default: _fused_conv2d,
         bitfold_ops.gelu.default: _gelu,
+        bitfold_ops.hadamard.default: _hadamard,
         bitfold_ops.quantized_embedding.default: lower_quantized_embedding,
         bitfold_ops.quantized_conv2d.default: lower_quantized_conv2d,
     }

@@ -71,3 +71,16 @@ def test_quantized_convolutions_compile_to_cuda(nvcc):
     quantized = bitfold.quantize(Cnn().eval(), "w4a4-int", data, progress=False)
     source = _compile_with_nvcc(compile(quantized, TARGET, example_inputs=(data[0],)), at_least=4)
     assert "decode_conv_weight" in source and "fake_quantize" in source and "conv2d" in source
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not installed")
+def test_hadamard_rotation_compiles_to_cuda(nvcc):
+    import torch
+
+    class Rotated(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.bitfold.hadamard(x, 512) * 2.0
+
+    x = torch.randn(2, 7, 1536)
+    source = _compile_with_nvcc(compile(Rotated().eval(), TARGET, example_inputs=(x,)), at_least=1)
+    assert "bitfold_hadamard512" in source

@@ -242,3 +242,22 @@ def test_lookup_tables_take_the_2_bit_layers_only():
     assert kernels == ["bitfold_linear_int2_lut_128x96", "bitfold_linear_int4_48x128"]
     compiled = compile(model, "llvm -mcpu=native", example_inputs=(x,), lookup_tables=True)
     assert 1e-6 < float((compiled(x) - want).abs().max() / want.abs().max()) <= 3e-2  # int8 tables, not exact
+
+
+class Rotations(torch.nn.Module):
+    def forward(self, x):
+        return torch.ops.bitfold.hadamard(x, 512), torch.ops.bitfold.hadamard(x * 3.0, 2)
+
+
+def test_hadamard_is_one_kernel_per_block_and_bit_identical_to_the_op():
+    x = torch.randn(2, 5, 1536)
+    gm = from_torch(Rotations().eval(), (x,), dynamic_shapes=({0: Dim("batch"), 1: Dim("seq")},))
+    target = resolve_target("llvm")
+    with target:
+        mod = GraphImporter(gm, infer_input_specs(gm), target).run().mod
+    assert {"bitfold_hadamard512", "bitfold_hadamard2"} <= {gv.name_hint for gv in mod.get_global_vars()}
+    cm = compile(gm, "llvm")
+    for shape in [(2, 5, 1536), (1, 13, 1536)]:
+        x = torch.randn(*shape) * 10
+        for got, want in zip(cm(x), Rotations()(x)):
+            assert torch.equal(got, want)
