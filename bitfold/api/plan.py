@@ -30,7 +30,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx
@@ -81,6 +81,12 @@ def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
+def exclusion(node: fx.Node, patterns: Sequence[str], weight_arg: int = 1) -> Optional[str]:
+    """The first of ``patterns`` that matches ``node``'s name or its weight's, or ``None``."""
+    names = (node.name, str(node.args[weight_arg].target))
+    return next((p for p in patterns if any(fnmatch.fnmatch(n, p) for n in names)), None)
+
+
 def select_nodes(gm: fx.GraphModule, recipe: Recipe, target, kind: str, weight_arg: int,
                  ) -> Tuple[List[fx.Node], Dict[str, str]]:
     """The ``target`` nodes (layer kind ``kind``, constant weight at ``node.args[weight_arg]``)
@@ -89,8 +95,7 @@ def select_nodes(gm: fx.GraphModule, recipe: Recipe, target, kind: str, weight_a
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target != target:
             continue
-        names = (node.name, str(node.args[weight_arg].target))
-        pattern = next((p for p in recipe.exclude if any(fnmatch.fnmatch(n, p) for n in names)), None)
+        pattern = exclusion(node, recipe.exclude, weight_arg)
         if kind not in recipe.layers:
             skipped[node.name] = f"the recipe does not quantize {kind} layers (add '{kind}' to its layers)"
         elif attr_value(gm, node.args[weight_arg]) is None:

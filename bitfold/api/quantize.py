@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import os
 import time
@@ -12,7 +11,7 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
-from bitfold.api.plan import Plan, plan_quantization, select_layers
+from bitfold.api.plan import Plan, exclusion, plan_quantization, select_layers
 from bitfold.api.plan_embeddings import plan_embeddings, select_embeddings
 from bitfold.api.quantized_model import QuantizedModel
 from bitfold.ir import CaptureError, from_onnx, from_torch
@@ -69,8 +68,8 @@ def _split(
     gm: torch.fx.GraphModule, spec: SplitSpec, layers: Sequence[torch.fx.Node], example: Tuple[Any, ...]
 ) -> None:
     """SplitQuant: split the chosen layers of the kinds ``spec`` names (verified on ``example``)."""
-    names = [n.name for n in layers if n.target == torch.ops.aten.linear.default and "linear" in spec.layers and not any(
-        fnmatch.fnmatch(name, p) for p in spec.exclude for name in (n.name, str(n.args[1].target)))]
+    names = [n.name for n in layers if n.target == torch.ops.aten.linear.default and "linear" in spec.layers
+             and exclusion(n, spec.exclude) is None]
     PassManager([SplitLayers(spec.k, spec.per_channel, kinds=["linear"], layers=names)], sample_inputs=example).run(gm)
 
 
@@ -79,8 +78,7 @@ def _rotate(
 ) -> None:
     """Hadamard-rotate the inputs of the chosen linears that ``spec`` selects (verified on ``example``)."""
     names = [n.name for n in layers if n.target == torch.ops.aten.linear.default
-             and (spec.inputs == "all" or activation_fed(n))
-             and not any(fnmatch.fnmatch(name, p) for p in spec.exclude for name in (n.name, str(n.args[1].target)))]
+             and (spec.inputs == "all" or activation_fed(n)) and exclusion(n, spec.exclude) is None]
     PassManager([RotateInputs(names, spec.max_block)], sample_inputs=example).run(gm)
 
 
@@ -155,8 +153,9 @@ def quantize(
     plan = _calibrate_and_plan(gm, recipe, data, layers, layers_per_pass, progress)
     for report in plan.reports:
         layer = next(n for n in layers if n.name == report.layer)
-        if rotation_of(layer) is not None:
-            report.notes.append(f"input rotated by a {rotation_of(layer)}-block Hadamard (weight counter-rotated)")
+        block = rotation_of(layer)
+        if block is not None:
+            report.notes.append(f"input rotated by a {block}-block Hadamard (weight counter-rotated)")
         part = layer.meta.get(SPLIT_KEY)
         if part is not None:
             report.notes.append(f"SplitQuant part {part['part'] + 1}/{part['clusters']} of {part['layer']}")

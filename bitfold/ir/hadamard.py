@@ -39,9 +39,14 @@ class HadamardError(ValueError):
     """A block size or tensor width the rotation cannot use."""
 
 
+def is_block_size(block: object) -> bool:
+    """Whether ``block`` is a power of two ≥ 2, the sizes a Hadamard block can have."""
+    return isinstance(block, int) and block >= 2 and not block & (block - 1)
+
+
 def check_block(block: int, width: int) -> None:
     """Raise unless ``block`` is a power of two ≥ 2 that divides ``width``."""
-    if not isinstance(block, int) or block < 2 or block & (block - 1):
+    if not is_block_size(block):
         raise HadamardError(f"the Hadamard block size must be a power of two >= 2, not {block!r}")
     if width % block:
         raise HadamardError(f"a width of {width} channels is not a whole number of {block}-channel blocks")

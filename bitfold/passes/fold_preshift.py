@@ -12,8 +12,8 @@ only user is that multiply::
     merge(P · split(v(x))) · c          →   merge(P · split(v'(x))),  v' = v with row n scaled by c_n
 
 because the norm's output is affine in (γ, β), and the gated product and the attention
-context are linear in ``up``'s and ``v``'s output channels. Exact for powers of two; for SmoothQuant
-factors it is the rounding of one multiply. When the norm output also feeds something
+context are linear in ``up``'s and ``v``'s output channels. Exact for powers of two; for
+SmoothQuant factors it is the rounding of one multiply. When the norm output also feeds something
 else (post-LN BERT's residual), the multiply stays and says why: the quantize op then
 applies the shift itself.
 """
@@ -146,7 +146,7 @@ _SWAPS = frozenset({aten.transpose.int, aten.permute.default})
 _MERGES = frozenset({aten.reshape.default, aten.view.default, aten._unsafe_view.default})
 
 
-def _swapped_axes(node: fx.Node, rank: int) -> Optional[List[int]]:
+def _swapped_axes(node: fx.Node, rank: int) -> List[int]:
     """The axis permutation a transpose/permute applies (``out[i] = in[perm[i]]``)."""
     if node.target is aten.permute.default:
         return [d % rank for d in node.args[1]]

@@ -16,8 +16,8 @@ those; any linear may be named.
 
 The block is the largest power of two that divides the layer's input width, up to
 ``max_block``. The layer keeps its node (and name); its weight becomes a new constant
-``<weight>_rotated`` beside the old one. Linears that read the same input with the same block share one rotation
-node, so they stay one activation-quantization group. Rotated layers carry
+``<weight>_rotated`` beside the old one. Linears that read the same input with the same
+block share one rotation node, so they stay one activation-quantization group. Rotated layers carry
 ``meta["bitfold_rotation"]`` = the block size, for the report.
 """
 
@@ -30,7 +30,7 @@ from torch import fx
 
 from bitfold.ir import hadamard as _hadamard  # noqa: F401  (registers bitfold::hadamard)
 from bitfold.ir.graph_utils import attr_value, node_shape
-from bitfold.ir.hadamard import largest_block, rotate_rows
+from bitfold.ir.hadamard import is_block_size, largest_block, rotate_rows
 from bitfold.ir.op_groups import ACTIVATIONS, IDENTITIES, LINEAR, VIEWS
 from bitfold.passes.rewrite import Failure, Match, RewritePass, RewriteRule
 
@@ -45,18 +45,19 @@ def _producer(value: fx.Node) -> fx.Node:
     return value
 
 
+def _is_activation(node: fx.Node) -> bool:
+    return node.op == "call_function" and (node.target in ACTIVATIONS or node.target in _GELUS)
+
+
 def activation_fed(node: fx.Node) -> bool:
     """Whether linear ``node`` reads an elementwise activation's output (through views), or a
     product of two values one of which is one (SwiGLU's ``silu(gate) * up``)."""
     source = _producer(node.args[0])
-    if source.op != "call_function":
-        return False
-    if source.target in ACTIVATIONS or source.target in _GELUS:
+    if _is_activation(source):
         return True
-    if source.target is aten.mul.Tensor and all(isinstance(a, fx.Node) for a in source.args[:2]):
-        return any(_producer(a).op == "call_function" and (_producer(a).target in ACTIVATIONS
-                   or _producer(a).target in _GELUS) for a in source.args[:2])
-    return False
+    factors = source.args[:2] if source.op == "call_function" and source.target is aten.mul.Tensor else ()
+    return len(factors) == 2 and all(isinstance(a, fx.Node) for a in factors) and any(
+        _is_activation(_producer(a)) for a in factors)
 
 
 def _constant_beside(gm: fx.GraphModule, w_node: fx.Node, value: torch.Tensor) -> fx.Node:
@@ -127,7 +128,7 @@ class RotateInputs(RewritePass):
     tolerance = 1e-4
 
     def __init__(self, layers: Collection[str], max_block: int = 512) -> None:
-        if max_block < 2 or max_block & (max_block - 1):
+        if not is_block_size(max_block):
             raise ValueError(f"rotate_inputs: max_block must be a power of two >= 2, got {max_block}")
         super().__init__([RotateLinearInput(layers, max_block)])
 

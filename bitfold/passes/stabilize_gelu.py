@@ -6,9 +6,10 @@ Rewrites a GELU whose output is quantized::
 
 "Quantized" means it reaches, through views, multiplies by constants (LLM-FP4's
 pre-shift, SmoothQuant's scales) and Hadamard rotations (:mod:`bitfold.ir.hadamard`),
-either a ``bitfold::fake_quantize`` or the input of a layer named in ``quantized_inputs``. The second form lets :func:`bitfold.quantize` run the pass on
-the float graph, before calibration, so that calibration, the format search and the
-final model all see the same GELU values.
+either a ``bitfold::fake_quantize`` or the input of a layer named in ``quantized_inputs``.
+The second form lets :func:`bitfold.quantize` run the pass on the float graph, before
+calibration, so that calibration, the format search and the final model all see the same
+GELU values.
 
 ``bitfold::gelu`` (:mod:`bitfold.ir.stable_gelu`) evaluates ``x·Φ(x)`` through ``erfc``,
 which does not cancel for ``x < 0``: relative error ≤ 3e-6 where ATen's float32 GELU is up

@@ -3,8 +3,8 @@
 A recipe says which layers to quantize, in which number formats, how scales are chosen
 (``minmax``, or LLM-FP4's ``search``), whether activations are quantized and with LLM-FP4's
 pre-shifted exponent bias or SmoothQuant-style migration, and how much calibration data to
-use, and whether layer inputs are Hadamard-rotated first. The named recipes live next to this file as ``<name>.yaml``; any other YAML file with
-the same schema works too. Unknown keys are errors, so a typo never silently does nothing.
+use, and whether layer inputs are Hadamard-rotated first. The named recipes live next to
+this file as ``<name>.yaml``; any other YAML file with the same schema works too. Unknown keys are errors, so a typo never silently does nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from bitfold.ir import formats
+from bitfold.ir.hadamard import is_block_size
 
 RECIPE_DIR = Path(__file__).parent
 SCHEMA_VERSION = 1
@@ -187,9 +188,8 @@ def _validate(recipe: Recipe, where: str) -> None:
 def _validate_rotate(rotate: RotateSpec, quantized: List[str], where: str) -> None:
     if rotate.inputs not in ("activation", "all"):
         raise RecipeError(f"{where}: rotate.inputs must be activation or all, not {rotate.inputs!r}")
-    block = rotate.max_block
-    if not isinstance(block, int) or block < 2 or block & (block - 1):
-        raise RecipeError(f"{where}: rotate.max_block must be a power of two >= 2, not {block!r}")
+    if not is_block_size(rotate.max_block):
+        raise RecipeError(f"{where}: rotate.max_block must be a power of two >= 2, not {rotate.max_block!r}")
     if "linear" not in quantized:
         raise RecipeError(f"{where}: rotate applies to linear layers, which the recipe does not quantize "
                           f"(layers: {', '.join(quantized)})")
