@@ -36,7 +36,7 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
-from bitfold.ir import formats
+from bitfold.ir import formats, ops
 from bitfold.ir.conv_patches import CONV2D, conv_geometry, grouped_product
 from bitfold.ir.graph_utils import attr_value
 from bitfold.passes.calibration import LayerStats
@@ -131,7 +131,17 @@ def _channel_factors_dropped(recipe: Recipe) -> Tuple[Recipe, List[str]]:
         f"no {' or '.join(dropped)}: per-input-channel factors need a pointwise (1x1, ungrouped) convolution"]
 
 
+def granularity(plan: WeightPlan) -> str:
+    """``channel``, ``group<g>`` or ``block<B>`` (a block format's own blocks)."""
+    fmt = formats.get(plan.fmt)
+    if isinstance(fmt, formats.BlockFormat):
+        return f"block{fmt.block_size}"
+    return f"group{plan.group_size}" if plan.group_size else "channel"
+
+
 def _minmax_weight(W: torch.Tensor, spec: TensorSpec, fmt: formats.Format) -> WeightPlan:
+    if isinstance(fmt, formats.BlockFormat):
+        return WeightPlan(fmt.name, fmt.block_scales(W, axis=1))
     group = spec.group_size if spec.granularity == "group" else None
     rows = W if group is None else torch.nn.functional.pad(W, (0, -W.shape[1] % group)).unflatten(1, (-1, group))
     reduce = dict(dim=-1)
@@ -154,28 +164,34 @@ def _rel_error(X: torch.Tensor, W: torch.Tensor, Xq: torch.Tensor, Wq: torch.Ten
 
 def _dequant(W: torch.Tensor, plan: WeightPlan) -> torch.Tensor:
     f = formats.get(plan.fmt)
-    if plan.group_size is None:
-        return f.quantize(W, plan.scale, axis=0, zero_point=plan.zero_point)
-    return f.quantize(W, plan.scale, axis=1, group_size=plan.group_size, zero_point=plan.zero_point)
+    return f.quantize(W, plan.scale, zero_point=plan.zero_point, **ops.weight_layout(f, plan.group_size))
 
 
 def _gptq_plans(W: torch.Tensor, Xq: torch.Tensor, plans: List[WeightPlan]) -> Tuple[List[WeightPlan], torch.Tensor]:
     """``plans`` (one per layer sharing the input, rows of ``W`` in order) with GPTQ-rounded
     ``values`` on their grids, against the input ``Xq`` the layers see; and those rows joined."""
     fmt = formats.get(plans[0].fmt)
-    group = plans[0].group_size
+    group = ops.weight_layout(fmt, plans[0].group_size)["group_size"]
+    grid = fmt.element if isinstance(fmt, formats.BlockFormat) else fmt
     scale = torch.cat([torch.as_tensor(p.scale, dtype=torch.float32).reshape(p.scale.shape[0], -1) for p in plans])
     zero = None if plans[0].zero_point is None else torch.cat(
         [p.zero_point.float().reshape(p.zero_point.shape[0], -1) for p in plans])
 
     def quantize_column(column: torch.Tensor, j: int) -> torch.Tensor:
         g = 0 if group is None else j // group
-        return fmt.quantize(column, scale[:, g], axis=0, zero_point=None if zero is None else zero[:, g],
-                            validate=False)
+        return grid.quantize(column, scale[:, g], axis=0, zero_point=None if zero is None else zero[:, g],
+                             validate=False)
 
     Q = gptq_round(W, Xq.T.double() @ Xq.double(), quantize_column)
     rows = Q.split([p.scale.shape[0] for p in plans])
     return [replace(p, values=r) for p, r in zip(plans, rows)], Q
+
+
+def _minmax_activation(X: torch.Tensor, name: str, smooth: Optional[torch.Tensor]) -> ActivationPlan:
+    """A per-tensor scale from the sample's max, or none for a block format (scales per block at run time)."""
+    fmt = formats.get(name)
+    scale = None if isinstance(fmt, formats.BlockFormat) else max(float(X.abs().max()), 1e-12) / fmt.max
+    return ActivationPlan(fmt.name, scale, smooth=smooth)
 
 
 def _quantize_input(X: torch.Tensor, plan: ActivationPlan) -> torch.Tensor:
@@ -213,10 +229,11 @@ def _search_fp(
     Wq, Xq = result.quantize_weight(W), X
     act_plan: Optional[ActivationPlan] = None
     if aspec is not None and mode is None:
-        name = result.act_format if joint else recipe.activation_formats()[0]
-        afmt = float_format(name)
-        scale = afmt.scale_for_bias(result.act_bias) if joint else float(X.abs().max()) / afmt.max
-        act_plan = ActivationPlan(afmt.name, float(scale), smooth=smooth)
+        if joint:
+            afmt = float_format(result.act_format)
+            act_plan = ActivationPlan(afmt.name, float(afmt.scale_for_bias(result.act_bias)), smooth=smooth)
+        else:
+            act_plan = _minmax_activation(X, recipe.activation_formats()[0], smooth)
         Xq = _quantize_input(X, act_plan)
     elif aspec is not None:
         shared = dict(channel_max=channel_max, grid=search.grid, points=search.points, stride=search.stride)
@@ -286,7 +303,7 @@ def plan_quantization(
             reports.append(LayerReport(
                 layer=node.name, weight_name=str(node.args[1].target),
                 shape=tuple(attr_value(gm, node.args[1]).shape), weight_format=p.fmt,
-                granularity=f"group{p.group_size}" if p.group_size else "channel",
+                granularity=granularity(p),
                 act_format=None if act_plan is None else act_plan.fmt,
                 act_scale=None if act_plan is None else act_plan.scale,
                 shift_range=None if act_plan is None or act_plan.shift is None else
@@ -320,8 +337,7 @@ def _plan_group(gm: fx.GraphModule, recipe: Recipe, st: LayerStats, members: Lis
         wfmt = formats.get(recipe.weight_formats()[0])
         w_plans = [_minmax_weight(w, wspec, wfmt) for w in Ws]
         if aspec is not None:
-            afmt = formats.get(recipe.activation_formats()[0])
-            act_plan = ActivationPlan(afmt.name, max(float(X.abs().max()), 1e-12) / afmt.max, smooth=smooth)
+            act_plan = _minmax_activation(X, recipe.activation_formats()[0], smooth)
         Wq = torch.cat([_dequant(w, p) for w, p in zip(Ws, w_plans)])
         if act_plan is not None and preshift is not None:
             afmt = float_format(act_plan.fmt)

@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import fx
 
-from bitfold.api.plan import LayerReport, _dequant, _minmax_weight, select_nodes
+from bitfold.api.plan import LayerReport, _dequant, _minmax_weight, granularity, select_nodes
 from bitfold.ir import formats
 from bitfold.ir.graph_utils import attr_value
 from bitfold.passes.quantize_linears import WeightPlan
@@ -53,7 +53,7 @@ def plan_embeddings(gm: fx.GraphModule, recipe: Recipe, nodes: List[fx.Node]) ->
         plans[node.name] = plan
         reports.append(LayerReport(
             layer=node.name, weight_name=str(node.args[0].target), shape=tuple(W.shape), weight_format=plan.fmt,
-            granularity=f"group{plan.group_size}" if plan.group_size else "channel", group="embedding",
+            granularity=granularity(plan), group="embedding",
             output_rel_error=error, seconds=time.perf_counter() - start,
             notes=["embedding: weight-only; the error is the table's"],
         ))

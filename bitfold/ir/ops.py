@@ -95,7 +95,9 @@ class PackedWeight:
         )
 
 
-def _weight_layout(fmt: Format, group_size: Optional[int]) -> dict:
+def weight_layout(fmt: Format, group_size: Optional[int]) -> dict:
+    """The ``axis`` and ``group_size`` a ``[N, K]`` weight's scales are laid out along: per
+    output channel, per group of ``group_size`` inputs, or per block of a block format."""
     if isinstance(fmt, BlockFormat):
         return {"axis": 1, "group_size": fmt.block_size}
     if group_size is None:
@@ -115,7 +117,7 @@ def pack_weight(
     f = formats.get(fmt)
     if weight.dim() != 2:
         raise ValueError(f"{name}: expected a 2-D [out_features, in_features] weight, got shape {tuple(weight.shape)}")
-    codes = f.encode(weight, scale, zero_point=zero_point, name=name, **_weight_layout(f, group_size))
+    codes = f.encode(weight, scale, zero_point=zero_point, name=name, **weight_layout(f, group_size))
     return PackedWeight(
         formats.pack(codes, f.bits), f.name, weight.shape[0], weight.shape[1],
         torch.as_tensor(scale, dtype=torch.float32), group_size, zero_point,
@@ -134,7 +136,7 @@ def unpack_weight(
     """The float32 ``[out_features, in_features]`` weight held by ``packed``."""
     f = formats.get(fmt)
     codes = formats.unpack(packed, f.bits, out_features * in_features).reshape(out_features, in_features)
-    return f.decode(codes, scale, zero_point=zero_point, **_weight_layout(f, group_size))
+    return f.decode(codes, scale, zero_point=zero_point, **weight_layout(f, group_size))
 
 
 @torch.library.custom_op("bitfold::fake_quantize", mutates_args=())

@@ -3,7 +3,8 @@
 For a linear ``y = x Wᵀ + b`` with a plan, and an activation plan for its input ``x``::
 
     xs = x · c                                 (c = 2^k: LLM-FP4 pre-shift; or 1/s: SmoothQuant)
-    xq = bitfold.fake_quantize(xs, fa, sa)     (per tensor)
+    xq = bitfold.fake_quantize(xs, fa, sa)     (per tensor; a block format fa has no sa: its
+                                                scales come from each block's max at run time)
     y  = bitfold.quantized_linear(xq, pack(Q_fw(W · s)), fw, N, K, sw, g, zw, k, b)
 
 (with a plan's ``values``, those are packed in place of ``W · s``: GPTQ-rounded weights).
@@ -38,7 +39,8 @@ class ActivationPlan:
     """How the input of one or more linears is quantized."""
 
     fmt: str
-    scale: float
+    #: The per-tensor scale; ``None`` for a block format, which scales each block by its own max.
+    scale: Optional[float]
     #: Integer exponents k (shape [K]): the input is multiplied by 2^k before quantizing.
     shift: Optional[torch.Tensor] = None
     #: SmoothQuant factors s (shape [K]): the input is divided by s, the weights multiplied.
@@ -116,8 +118,10 @@ def quantized_input(gm: fx.GraphModule, x: fx.Node, key: str, plan: Optional[Act
             c = constant_node(gm, f"{x.name}_input_scale", factor.to(torch.float32).reshape(channel_shape),
                               parameter=False)
             node = gm.graph.call_function(aten.mul.Tensor, (x, c))
-        scale = constant_node(gm, f"{x.name}_act_scale", torch.tensor(float(plan.scale)), parameter=False)
-        node = gm.graph.call_function(torch.ops.bitfold.fake_quantize.default, (node, plan.fmt, scale))
+        args: Tuple[Any, ...] = (node, plan.fmt)
+        if plan.scale is not None:
+            args += (constant_node(gm, f"{x.name}_act_scale", torch.tensor(float(plan.scale)), parameter=False),)
+        node = gm.graph.call_function(torch.ops.bitfold.fake_quantize.default, args)
     cache[key] = node
     return node
 

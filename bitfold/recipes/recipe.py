@@ -35,7 +35,10 @@ class TensorSpec:
     bits: int
     kind: str = "fp"                      # "fp" (LLM-FP ExMy family), "int", or "format"
     formats: Optional[List[str]] = None   # candidate formats; default: per kind and bits
-    granularity: str = "channel"          # weights: channel | group; activations: tensor
+    # weights: channel | group | block; activations: tensor | block. "block" means a block
+    # format (mxfp4, nvfp4...), whose scales are per block of the format's size; an
+    # activation's are computed from the data at run time
+    granularity: str = "channel"
     group_size: Optional[int] = None
     method: str = "minmax"                # minmax | search
     symmetric: bool = True                # int only: False = min/max with a zero point
@@ -157,8 +160,9 @@ def _validate(recipe: Recipe, where: str) -> None:
                 formats.get(name)
             except formats.FormatError as err:
                 raise RecipeError(f"{where}: {role}: {err}") from None
-    if recipe.activations is not None and recipe.activations.granularity != "tensor":
-        raise RecipeError(f"{where}: activations are quantized per tensor; granularity must be 'tensor'")
+    _validate_granularity(recipe.weights, "weights", ("channel", "group", "block"), where)
+    if recipe.activations is not None:
+        _validate_granularity(recipe.activations, "activations", ("tensor", "block"), where)
     if recipe.weights.preshift:
         raise RecipeError(f"{where}: preshift applies to activations, not weights")
     acts = recipe.activations
@@ -179,10 +183,38 @@ def _validate(recipe: Recipe, where: str) -> None:
     bad = sorted(set(recipe.layers) - {"linear", "act_matmul", "embedding", "conv"})
     if bad:
         raise RecipeError(f"{where}: unknown layer kind(s) {', '.join(bad)}")
+    if recipe.activations is not None and recipe.activations.granularity == "block" and "conv" in recipe.layers:
+        raise RecipeError(f"{where}: block-scaled activations are built for linear layers (blocks along the "
+                          "input features); drop conv from layers")
     if recipe.split is not None:
         _validate_split(recipe.split, recipe.layers, where)
     if recipe.rotate is not None:
         _validate_rotate(recipe.rotate, recipe.layers, where)
+
+
+def _validate_granularity(spec: TensorSpec, role: str, allowed: tuple, where: str) -> None:
+    """``block`` goes with block formats and nothing else; their scales are not searched or shifted."""
+    if spec.granularity not in allowed:
+        raise RecipeError(f"{where}: {role}.granularity must be {' or '.join(allowed)}, not {spec.granularity!r}")
+    names = candidate_formats(spec)
+    blocked = [n for n in names if isinstance(formats.get(n), formats.BlockFormat)]
+    if spec.granularity != "block":
+        if blocked:
+            raise RecipeError(f"{where}: {role}: {blocked[0]} scales every block of "
+                              f"{formats.get(blocked[0]).block_size} values itself; set granularity: block")
+        return
+    if len(blocked) != len(names):
+        plain = sorted(set(names) - set(blocked))
+        raise RecipeError(f"{where}: {role}.granularity block needs block formats (mxfp4, nvfp4, ...), "
+                          f"not {', '.join(plain)}")
+    if len(names) > 1:
+        raise RecipeError(f"{where}: {role}: give one block format, not {', '.join(names)}")
+    if spec.group_size is not None:
+        raise RecipeError(f"{where}: {role}: {names[0]}'s blocks are {formats.get(names[0]).block_size} "
+                          "values; drop group_size")
+    if spec.method != "minmax" or spec.preshift_mode() is not None:
+        raise RecipeError(f"{where}: {role}: block formats take their scales from each block's max "
+                          "(method: minmax, no preshift)")
 
 
 def _validate_rotate(rotate: RotateSpec, quantized: List[str], where: str) -> None:

@@ -5,14 +5,16 @@ layer, the function the quantized graph applies to that layer's *float* input. A
 :class:`~bitfold.passes.quantize_linears.QuantizeLinears` and
 :class:`~bitfold.passes.fold_preshift.FoldPreshift` a quantized linear reads::
 
-    u  = x · c                        c: LLM-FP4's 2^k, SmoothQuant's 1/s, or 1
+    u  = H x · c                      c: LLM-FP4's 2^k, SmoothQuant's 1/s, or 1; H: a rotation or 1
     xq = fake_quantize(u, fa, sa)     absent for weight-only recipes
     y  = quantized_linear(xq, Ŵ, …, k, b) = (xq · 2^-k) Ŵᵀ + b
 
-where ``Ŵ`` quantizes ``W' = W · 2^k / c`` (``W`` itself for a pre-shift, ``W · s`` for
-SmoothQuant). A SplitQuant layer is one ``codebook_linear`` whose every weight carries a
-cluster id, and so its own cluster's scale and zero point. ``c`` is the constant of the ``mul`` in front of the quantizer or, where
-FoldPreshift moved it into the producing norm, the ratio of the norm's gammas
+where ``Ŵ`` quantizes ``W' = W Hᵀ · 2^k / c`` (``W`` itself for a pre-shift, ``W · s`` for
+SmoothQuant; ``W Hᵀ`` where :mod:`~bitfold.passes.rotate_inputs` rotated the input by a
+``bitfold::hadamard``). A SplitQuant layer is one ``codebook_linear`` whose every weight
+carries a cluster id, and so its own cluster's scale and zero point. ``c`` is the constant
+of the ``mul`` in front of the quantizer or, where FoldPreshift moved it into the
+producing norm, the ratio of the norm's gammas
 ``γ_quantized / γ_float`` (its betas where a gamma is zero). :func:`match_layers` checks
 the pairing: re-quantizing the reconstructed ``W'`` must give back ``Ŵ``.
 """
@@ -28,11 +30,13 @@ from torch import fx
 from bitfold.ir import formats, ops
 from bitfold.ir.conv_patches import CONV2D
 from bitfold.ir.graph_utils import attr_value
+from bitfold.ir.hadamard import rotate_rows
 from bitfold.ir.op_groups import LAYER_NORM, LINEAR, RMS_NORM
 
 aten = torch.ops.aten
 QUANTIZED_LINEAR = torch.ops.bitfold.quantized_linear.default
 FAKE_QUANTIZE = torch.ops.bitfold.fake_quantize.default
+HADAMARD = torch.ops.bitfold.hadamard.default
 #: A pairing counts when this share of the weights re-quantizes to the stored codes (nearest
 #: rounding), or when the stored weight is at most ``_MAX_DISTANCE_RATIO`` times as far from
 #: the float one as nearest rounding would be: error-compensated rounding (GPTQ) moves about a
@@ -123,13 +127,18 @@ class QuantizedLayer:
     act_args: Tuple[Any, ...]
     #: The input's channel axis: -1 for a linear, 1 for a convolution (NCHW).
     channel_axis: int = -1
+    #: The Hadamard block the input is rotated by first (``None``: not rotated); ``weight``
+    #: is then the counter-rotated ``W Hᵀ``, scaled as above.
+    rotation: Optional[int] = None
 
     def channel_rows(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as ``[-1, channels]`` rows."""
         return x.movedim(self.channel_axis, -1).reshape(-1, x.shape[self.channel_axis])
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
-        """``u = x · c``, what the activation quantizer sees."""
+        """``u = H x · c``, what the activation quantizer sees."""
+        if self.rotation is not None:
+            x = HADAMARD(x, self.rotation)
         if self.input_scale is None:
             return x
         trailing = x.dim() - 1 - self.channel_axis % x.dim()
@@ -166,9 +175,13 @@ class WeightView:
 
     @property
     def layout(self) -> str:
-        """``int4/channel``, ``uint4/group128``, ``int2/channel ×3 clusters``."""
+        """``int4/channel``, ``uint4/group128``, ``nvfp4/block16``, ``int2/channel ×3 clusters``."""
         q = self.quantizer
-        text = f"{q.fmt}/{'group' + str(q.group_size) if q.group_size else 'channel'}"
+        fmt = formats.get(q.fmt)
+        if isinstance(fmt, formats.BlockFormat):
+            text = f"{q.fmt}/block{fmt.block_size}"
+        else:
+            text = f"{q.fmt}/{'group' + str(q.group_size) if q.group_size else 'channel'}"
         return text if self.clusters is None else f"{text} ×{self.clusters} clusters"
 
 
@@ -256,6 +269,13 @@ def _input_scale(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, f_node: fx.
     return None
 
 
+def _rotation(u: fx.Node) -> Optional[int]:
+    """The block of the Hadamard rotation feeding the layer's input ``u`` (through its ``· c``)."""
+    if u.op == "call_function" and u.target == aten.mul.Tensor and isinstance(u.args[0], fx.Node):
+        u = u.args[0]
+    return u.args[1] if u.op == "call_function" and u.target is HADAMARD else None
+
+
 def _agreement(layer: "QuantizedLayer") -> Tuple[float, float]:
     """Share of the reconstructed ``W'`` that quantizes to exactly the stored ``Ŵ``, and
     ``‖Ŵ − W'‖ / ‖Q(W') − W'‖`` (how much farther ``Ŵ`` is than nearest rounding)."""
@@ -288,6 +308,9 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
         act_quantizer = Quantizer(padded[0], padded[1], padded[3], padded[4])
         u = x_q.args[0]
     c = _input_scale(float_gm, quant_gm, f_node, u, name) if isinstance(u, fx.Node) else None
+    rotation = _rotation(u) if isinstance(u, fx.Node) else None
+    if rotation is not None:
+        weight = rotate_rows(weight.detach().float(), rotation)
     factor = torch.ones(k_in)
     if shift is not None:
         factor = torch.exp2(shift.float())
@@ -309,6 +332,7 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
         linear_args=args,
         act_args=act_args,
         channel_axis=1 if f_node.target == CONV2D else -1,
+        rotation=rotation,
     )
     share, ratio = _agreement(layer)
     if share < _MIN_AGREEMENT and ratio > _MAX_DISTANCE_RATIO:

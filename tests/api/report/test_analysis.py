@@ -43,7 +43,7 @@ def _quantized(recipe):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["w4a8-fp", "w4a4-int-smooth", "w4a16-int-g128", "w3a16-int-split"])
+@pytest.mark.parametrize("recipe", ["w4a8-fp", "w4a4-int-smooth", "w4a16-int-g128", "w3a16-int-split", "w4a4-nvfp4", "w4a4-fp-rotated"])
 def test_single_layer_sensitivity_is_the_model_error(recipe):
     model = NormLinear().eval()
     data = _data()
