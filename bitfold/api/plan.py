@@ -15,6 +15,7 @@ Per method:
   activations per tensor); asymmetric INT weights use ``(max - min) / (2^b - 1)`` and a
   zero point. FP formats: a scale is an exponent bias (``FloatFormat.scale_for_bias``).
 * ``search``: LLM-FP4's format and exponent-bias search (:mod:`bitfold.passes.fp_search`);
+  for a block format's weights, the per-block scale search (:mod:`bitfold.passes.block_scales`);
   with ``preshift`` the activation then gets integer per-channel exponents ``k`` from its
   channel maxima and a per-tensor bias ``ρ`` searched with the weight held quantized
   (:mod:`bitfold.passes.preshift`).
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 from bitfold.ir import formats, ops
 from bitfold.ir.conv_patches import CONV2D, conv_geometry, grouped_product
 from bitfold.ir.graph_utils import attr_value
+from bitfold.passes.block_scales import search_block_scales
 from bitfold.passes.calibration import LayerStats
 from bitfold.passes.fp_search import float_format, quantize_rows, refine_weights, search_layer
 from bitfold.passes.gptq import gptq_round
@@ -335,7 +337,11 @@ def _plan_group(gm: fx.GraphModule, recipe: Recipe, st: LayerStats, members: Lis
         w_plans, act_plan, Wq, Xq = _search_fp(recipe, W, X, sizes, st.channel_absmax, smooth)
     else:
         wfmt = formats.get(recipe.weight_formats()[0])
-        w_plans = [_minmax_weight(w, wspec, wfmt) for w in Ws]
+        if isinstance(wfmt, formats.BlockFormat) and wspec.method == "search":
+            energy = X.pow(2).mean(0)
+            w_plans = [WeightPlan(wfmt.name, search_block_scales(w, wfmt, energy)) for w in Ws]
+        else:
+            w_plans = [_minmax_weight(w, wspec, wfmt) for w in Ws]
         if aspec is not None:
             act_plan = _minmax_activation(X, recipe.activation_formats()[0], smooth)
         Wq = torch.cat([_dequant(w, p) for w, p in zip(Ws, w_plans)])

@@ -37,7 +37,8 @@ class TensorSpec:
     formats: Optional[List[str]] = None   # candidate formats; default: per kind and bits
     # weights: channel | group | block; activations: tensor | block. "block" means a block
     # format (mxfp4, nvfp4...), whose scales are per block of the format's size; an
-    # activation's are computed from the data at run time
+    # activation's are computed from the data at run time, a weight's from its blocks' maxima
+    # (minmax) or by the block-scale search (search: bitfold/passes/block_scales.py)
     granularity: str = "channel"
     group_size: Optional[int] = None
     method: str = "minmax"                # minmax | search
@@ -193,7 +194,7 @@ def _validate(recipe: Recipe, where: str) -> None:
 
 
 def _validate_granularity(spec: TensorSpec, role: str, allowed: tuple, where: str) -> None:
-    """``block`` goes with block formats and nothing else; their scales are not searched or shifted."""
+    """``block`` goes with block formats and nothing else; activation block scales are not searched or shifted."""
     if spec.granularity not in allowed:
         raise RecipeError(f"{where}: {role}.granularity must be {' or '.join(allowed)}, not {spec.granularity!r}")
     names = candidate_formats(spec)
@@ -212,9 +213,9 @@ def _validate_granularity(spec: TensorSpec, role: str, allowed: tuple, where: st
     if spec.group_size is not None:
         raise RecipeError(f"{where}: {role}: {names[0]}'s blocks are {formats.get(names[0]).block_size} "
                           "values; drop group_size")
-    if spec.method != "minmax" or spec.preshift_mode() is not None:
-        raise RecipeError(f"{where}: {role}: block formats take their scales from each block's max "
-                          "(method: minmax, no preshift)")
+    if role == "activations" and (spec.method != "minmax" or spec.preshift_mode() is not None):
+        raise RecipeError(f"{where}: {role}: block-format activations take their scales from each block's "
+                          "max at run time (method: minmax, no preshift)")
 
 
 def _validate_rotate(rotate: RotateSpec, quantized: List[str], where: str) -> None:
