@@ -51,8 +51,8 @@ from bitfold.recipes import Recipe, load_recipe  # noqa: E402
 
 FP32 = "fp32"
 PRESETS = {
-    "llmfp4": (FP32, "w8a8-fp", "w4a8-fp", "w4a4-fp", "w4a4-fp-rotated", "w4a4-nvfp4", "w4a4-mxfp4", "w4a4-fp-paper",
-               "w4a4-fp-fpq", "w4a4-int", "w4a4-int-smooth"),
+    "llmfp4": (FP32, "w8a8-fp", "w4a8-fp", "w4a4-fp", "w4a4-fp-rotated", "w4a4-nvfp4", "w4a4-nvfp4-llm", "w4a4-mxfp4",
+               "w4a4-fp-paper", "w4a4-fp-fpq", "w4a4-int", "w4a4-int-smooth"),
     "splitquant": (FP32, "w2a16-int", "w2a16-int-split", "w3a16-int", "w3a16-int-split", "w4a16-int"),
 }
 MODELS = ("minilm", "smollm2", "efficientnet-lite0", "fmnist-cnn")
