@@ -134,11 +134,8 @@ def _channel_factors_dropped(recipe: Recipe) -> Tuple[Recipe, List[str]]:
 
 
 def granularity(plan: WeightPlan) -> str:
-    """``channel``, ``group<g>`` or ``block<B>`` (a block format's own blocks)."""
-    fmt = formats.get(plan.fmt)
-    if isinstance(fmt, formats.BlockFormat):
-        return f"block{fmt.block_size}"
-    return f"group{plan.group_size}" if plan.group_size else "channel"
+    """``channel``, ``group<g>`` or ``block<B>``, for the report."""
+    return ops.weight_granularity(formats.get(plan.fmt), plan.group_size)
 
 
 def _minmax_weight(W: torch.Tensor, spec: TensorSpec, fmt: formats.Format) -> WeightPlan:

@@ -105,6 +105,14 @@ def weight_layout(fmt: Format, group_size: Optional[int]) -> dict:
     return {"axis": 1, "group_size": group_size}
 
 
+def weight_granularity(fmt: Format, group_size: Optional[int]) -> str:
+    """How a weight's scales are laid out, as reports write it: ``channel``, ``group<g>`` or
+    ``block<B>`` (a block format's own blocks)."""
+    if isinstance(fmt, BlockFormat):
+        return f"block{fmt.block_size}"
+    return f"group{group_size}" if group_size else "channel"
+
+
 def pack_weight(
     weight: torch.Tensor,
     fmt: str,

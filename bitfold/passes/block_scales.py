@@ -37,8 +37,9 @@ def _candidates(fmt: BlockFormat, W: torch.Tensor, base: torch.Tensor) -> torch.
     if fmt.scale_kind == "e8m0":
         return torch.stack([base, base * 2.0, base * 0.5])
     tensor_scale = fmt.tensor_scale(W)
-    codes = [FP8_E4M3.quantize(base * f / tensor_scale) for f in torch.linspace(*_NVFP4_RANGE, _NVFP4_POINTS).tolist()]
-    return torch.stack([base] + [c.clamp(min=2.0**-9) * tensor_scale for c in codes])
+    factors = torch.linspace(*_NVFP4_RANGE, _NVFP4_POINTS).tolist()
+    codes = [FP8_E4M3.quantize(base * f / tensor_scale).clamp(min=2.0**-9) for f in factors]
+    return torch.stack([base] + [c * tensor_scale for c in codes])
 
 
 def search_block_scales(W: torch.Tensor, fmt: BlockFormat, column_energy: Optional[torch.Tensor] = None,
@@ -47,8 +48,7 @@ def search_block_scales(W: torch.Tensor, fmt: BlockFormat, column_energy: Option
 
     ``column_energy`` (``[K]``, ``E[x_j²]`` over calibration inputs) weights each column's
     error; ``None`` weighs them alike."""
-    N, K = W.shape
-    B = fmt.block_size
+    K, B = W.shape[1], fmt.block_size
     pad = -K % B
     blocks = torch.nn.functional.pad(W.float(), (0, pad)).unflatten(1, (-1, B))
     energy = torch.ones(K) if column_energy is None else column_energy.float().clamp_min(0)

@@ -1,10 +1,12 @@
 """Recipes: a named, versioned description of how to quantize a model, loaded from YAML.
 
-A recipe says which layers to quantize, in which number formats, how scales are chosen
-(``minmax``, or LLM-FP4's ``search``), whether activations are quantized and with LLM-FP4's
-pre-shifted exponent bias or SmoothQuant-style migration, and how much calibration data to
-use, and whether layer inputs are Hadamard-rotated first. The named recipes live next to
-this file as ``<name>.yaml``; any other YAML file with the same schema works too. Unknown keys are errors, so a typo never silently does nothing.
+A recipe says which layers to quantize, in which number formats (scaled per tensor, channel,
+group, or per block of a block format such as NVFP4), how scales are chosen (``minmax``, or
+a ``search``), whether activations are quantized and with LLM-FP4's pre-shifted exponent
+bias or SmoothQuant-style migration, whether layer inputs are Hadamard-rotated first, and
+how much calibration data to use. The named recipes live next to this file as
+``<name>.yaml``; any other YAML file with the same schema works too. Unknown keys are
+errors, so a typo never silently does nothing.
 """
 
 from __future__ import annotations

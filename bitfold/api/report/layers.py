@@ -177,11 +177,7 @@ class WeightView:
     def layout(self) -> str:
         """``int4/channel``, ``uint4/group128``, ``nvfp4/block16``, ``int2/channel ×3 clusters``."""
         q = self.quantizer
-        fmt = formats.get(q.fmt)
-        if isinstance(fmt, formats.BlockFormat):
-            text = f"{q.fmt}/block{fmt.block_size}"
-        else:
-            text = f"{q.fmt}/{'group' + str(q.group_size) if q.group_size else 'channel'}"
+        text = f"{q.fmt}/{ops.weight_granularity(formats.get(q.fmt), q.group_size)}"
         return text if self.clusters is None else f"{text} ×{self.clusters} clusters"
 
 
