@@ -369,15 +369,20 @@ def analyze(
     def keep_rows(name: str, batch: int) -> Callable:
         return lambda out: float_rows[name].append(_rows(out, batch, max_rows))
 
-    def compare_rows(name: str, batch: int) -> Callable:
-        return lambda out: errors[name].add(_rows(out, batch, max_rows), float_rows[name][batch])
+    def compare_rows(layer: QuantizedLayer, batch: int) -> Callable:
+        def compare(out: torch.Tensor) -> None:
+            if layer.output_scale is not None:
+                out = out / layer.output_scale
+            errors[layer.name].add(_rows(out, batch, max_rows), float_rows[layer.name][batch])
+
+        return compare
 
     with torch.no_grad():
         for b, item in enumerate(inputs):
             probe = _Probe(float_gm, inputs_of=samples,
                            outputs_of={layer.float_node: keep_rows(layer.name, b) for layer in layers})
             float_outputs.append(_tensors(probe.run(*item)))
-            probe = _Probe(qgm, outputs_of={layer.quantized_node: compare_rows(layer.name, b) for layer in layers})
+            probe = _Probe(qgm, outputs_of={layer.quantized_node: compare_rows(layer, b) for layer in layers})
             for out, ref in zip(_tensors(probe.run(*item)), float_outputs[b]):
                 model_error.add(out, ref)
         del float_rows

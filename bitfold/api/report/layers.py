@@ -15,13 +15,17 @@ SmoothQuant; ``W Hᵀ`` where :mod:`~bitfold.passes.rotate_inputs` rotated the i
 carries a cluster id, and so its own cluster's scale and zero point. ``c`` is the constant
 of the ``mul`` in front of the quantizer or, where FoldPreshift moved it into the
 producing norm, the ratio of the norm's gammas
-``γ_quantized / γ_float`` (its betas where a gamma is zero). :func:`match_layers` checks
-the pairing: re-quantizing the reconstructed ``W'`` must give back ``Ŵ``.
+``γ_quantized / γ_float`` (its betas where a gamma is zero), or, where it moved into a
+producer's rows (``v_proj`` for the attention output, ``up_proj`` for ``down_proj``),
+``2^k`` itself; the producer's rows then carry powers of two, read off the row norms of
+``Ŵ`` and ``W'``, and its float output is the quantized one divided by them.
+:func:`match_layers` checks the pairing: re-quantizing the reconstructed ``W'`` must give
+back ``Ŵ``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -130,6 +134,9 @@ class QuantizedLayer:
     #: The Hadamard block the input is rotated by first (``None``: not rotated); ``weight``
     #: is then the counter-rotated ``W Hᵀ``, scaled as above.
     rotation: Optional[int] = None
+    #: Powers of two per output channel that a later layer's pre-shift folded into this
+    #: layer's rows (``None``: none); ``weight`` carries them, the float output does not.
+    output_scale: Optional[torch.Tensor] = None
 
     def channel_rows(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as ``[-1, channels]`` rows."""
@@ -149,7 +156,8 @@ class QuantizedLayer:
         u = self.quantized_input(x)
         if self.act_quantizer is not None:
             u = FAKE_QUANTIZE(u, *self.act_args)
-        return self.op(u, *self.linear_args)
+        y = self.op(u, *self.linear_args)
+        return y if self.output_scale is None else y / self.output_scale
 
 
 def _value(gm: fx.GraphModule, arg: Any, where: str) -> Any:
@@ -272,6 +280,17 @@ def _rotation(u: fx.Node) -> Optional[int]:
     return u.args[1] if u.op == "call_function" and u.target is HADAMARD else None
 
 
+def _folded_rows(layer: "QuantizedLayer") -> Optional[torch.Tensor]:
+    """Per output row, the power of two a later layer's pre-shift folded into this layer's rows
+    (weight scales and bias: :class:`~bitfold.passes.fold_preshift.FoldScaleIntoValueProjection`
+    and the up_proj fold), read off the norms of ``Ŵ`` and ``W'``; ``None`` if all are 1."""
+    stored, wanted = layer.weight_hat.norm(dim=1), layer.weight.norm(dim=1)
+    live = (stored > 0) & (wanted > 0)
+    ratio = torch.where(live, stored / torch.where(live, wanted, torch.ones_like(wanted)), torch.ones_like(stored))
+    rows = torch.exp2(torch.round(torch.log2(ratio)))
+    return None if bool((rows == 1).all()) else rows
+
+
 def _agreement(layer: "QuantizedLayer") -> Tuple[float, float]:
     """Share of the reconstructed ``W'`` that quantizes to exactly the stored ``Ŵ``, and
     ``‖Ŵ − W'‖ / ‖Q(W') − W'‖`` (how much farther ``Ŵ`` is than nearest rounding)."""
@@ -304,6 +323,9 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
         act_quantizer = Quantizer(padded[0], padded[1], padded[3], padded[4])
         u = x_q.args[0]
     c = _input_scale(float_gm, quant_gm, f_node, u, name) if isinstance(u, fx.Node) else None
+    if c is None and shift is not None:
+        # The pre-shift's 2^k went into a producer's rows (v_proj, up_proj), out of sight here.
+        c = torch.exp2(shift.float())
     rotation = _rotation(u) if isinstance(u, fx.Node) else None
     if rotation is not None:
         weight = rotate_rows(weight.detach().float(), rotation)
@@ -331,6 +353,10 @@ def _pair(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, q_node: fx.Node, f
         rotation=rotation,
     )
     share, ratio = _agreement(layer)
+    rows = None if share >= _MIN_AGREEMENT or layer.channel_axis != -1 else _folded_rows(layer)
+    if rows is not None:
+        layer = replace(layer, weight=layer.weight * rows[:, None], output_scale=rows)
+        share, ratio = _agreement(layer)
     if share < _MIN_AGREEMENT and ratio > _MAX_DISTANCE_RATIO:
         raise AnalysisError(
             f"{where}: only {share:.1%} of the float weights re-quantize to the stored codes, and the "

@@ -83,6 +83,27 @@ def test_preshift_folded_into_the_norm_is_recovered():
     assert "LLM-FP4 pre-shifted exponent bias" in page and page.count("data:image/png;base64,") == 4
 
 
+@pytest.mark.parametrize("model_name", ["Attention", "GatedMlp"])
+def test_preshift_folded_into_a_producers_rows_is_recovered(model_name):
+    """v_proj carries o_proj's 2^k in its rows, up_proj carries down_proj's: the report pairs both
+    layers with their float weights, and the producer's float output drops the 2^k again."""
+    from tests.passes.test_fold_preshift import W4A4_FOLDED, Attention, GatedMlp
+
+    model = {"Attention": Attention, "GatedMlp": GatedMlp}[model_name]().eval()
+    g = torch.Generator().manual_seed(1)
+    shape = (2, 7, 32) if model_name == "Attention" else (8, 32)
+    data = [torch.randn(*shape, generator=g) * 2 for _ in range(4)]
+    q = bitfold.quantize(model, W4A4_FOLDED, data, progress=False)
+    reference = float_reference(model, data, 128)
+    layers = match_layers(reference, q.graph_module)
+    (producer,) = [layer for layer in layers if layer.output_scale is not None]
+    assert int(producer.output_scale.max()) > 1
+    consumer = layers[-1]
+    assert torch.equal(consumer.input_scale, torch.exp2(consumer.shift.float()))
+    a = analyze(reference, q, [(torch.randn(*shape, generator=g) * 2,)])
+    assert all(layer.output_sqnr_db > 5 for layer in a.layers), [(x.layer, x.output_sqnr_db) for x in a.layers]
+
+
 def test_reference_of_another_model_is_refused():
     q = _quantized("w8a8-int")
     other = float_reference(NormLinear(7).eval(), _data(), 128)
