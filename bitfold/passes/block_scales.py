@@ -50,16 +50,14 @@ def search_block_scales(W: torch.Tensor, fmt: BlockFormat, column_energy: Option
     error; ``None`` weighs them alike."""
     K, B = W.shape[1], fmt.block_size
     pad = -K % B
-    blocks = torch.nn.functional.pad(W.float(), (0, pad)).unflatten(1, (-1, B))
+    padded = torch.nn.functional.pad(W.float(), (0, pad))
     energy = torch.ones(K) if column_energy is None else column_energy.float().clamp_min(0)
-    energy = torch.nn.functional.pad(energy, (0, pad)).unflatten(0, (-1, B))
+    energy = torch.nn.functional.pad(energy, (0, pad))
     base = fmt.block_scales(W, axis=1)
-    one = torch.tensor(1.0)
     best, best_error = base, torch.full(base.shape, float("inf"))
     for scale in _candidates(fmt, W, base):
-        s = scale.clamp_min(torch.finfo(torch.float32).tiny)[..., None]
-        q = fmt.element.quantize(blocks / s, one, validate=False) * s
-        error = ((q - blocks).pow(2) * energy).sum(-1)
+        q = fmt.element.quantize(padded, scale, axis=1, group_size=B, validate=False)
+        error = ((q - padded).pow(2) * energy).unflatten(1, (-1, B)).sum(-1)
         better = error < best_error
         best, best_error = torch.where(better, scale, best), torch.where(better, error, best_error)
     return best

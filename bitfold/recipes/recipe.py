@@ -199,22 +199,23 @@ def _validate_granularity(spec: TensorSpec, role: str, allowed: tuple, where: st
     """``block`` goes with block formats and nothing else; activation block scales are not searched or shifted."""
     if spec.granularity not in allowed:
         raise RecipeError(f"{where}: {role}.granularity must be {' or '.join(allowed)}, not {spec.granularity!r}")
-    names = candidate_formats(spec)
-    blocked = [n for n in names if isinstance(formats.get(n), formats.BlockFormat)]
+    found = {name: formats.get(name) for name in candidate_formats(spec)}
+    blocked = {name: f for name, f in found.items() if isinstance(f, formats.BlockFormat)}
     if spec.granularity != "block":
         if blocked:
-            raise RecipeError(f"{where}: {role}: {blocked[0]} scales every block of "
-                              f"{formats.get(blocked[0]).block_size} values itself; set granularity: block")
+            name, f = next(iter(blocked.items()))
+            raise RecipeError(f"{where}: {role}: {name} scales every block of {f.block_size} values itself; "
+                              "set granularity: block")
         return
-    if len(blocked) != len(names):
-        plain = sorted(set(names) - set(blocked))
+    if len(blocked) != len(found):
+        plain = sorted(set(found) - set(blocked))
         raise RecipeError(f"{where}: {role}.granularity block needs block formats (mxfp4, nvfp4, ...), "
                           f"not {', '.join(plain)}")
-    if len(names) > 1:
-        raise RecipeError(f"{where}: {role}: give one block format, not {', '.join(names)}")
+    if len(found) > 1:
+        raise RecipeError(f"{where}: {role}: give one block format, not {', '.join(found)}")
+    (name, f), = found.items()
     if spec.group_size is not None:
-        raise RecipeError(f"{where}: {role}: {names[0]}'s blocks are {formats.get(names[0]).block_size} "
-                          "values; drop group_size")
+        raise RecipeError(f"{where}: {role}: {name}'s blocks are {f.block_size} values; drop group_size")
     if role == "activations" and (spec.method != "minmax" or spec.preshift_mode() is not None):
         raise RecipeError(f"{where}: {role}: block-format activations take their scales from each block's "
                           "max at run time (method: minmax, no preshift)")

@@ -370,12 +370,8 @@ def analyze(
         return lambda out: float_rows[name].append(_rows(out, batch, max_rows))
 
     def compare_rows(layer: QuantizedLayer, batch: int) -> Callable:
-        def compare(out: torch.Tensor) -> None:
-            if layer.output_scale is not None:
-                out = out / layer.output_scale
-            errors[layer.name].add(_rows(out, batch, max_rows), float_rows[layer.name][batch])
-
-        return compare
+        return lambda out: errors[layer.name].add(_rows(layer.as_float_output(out), batch, max_rows),
+                                                  float_rows[layer.name][batch])
 
     with torch.no_grad():
         for b, item in enumerate(inputs):

@@ -156,7 +156,10 @@ class QuantizedLayer:
         u = self.quantized_input(x)
         if self.act_quantizer is not None:
             u = FAKE_QUANTIZE(u, *self.act_args)
-        y = self.op(u, *self.linear_args)
+        return self.as_float_output(self.op(u, *self.linear_args))
+
+    def as_float_output(self, y: torch.Tensor) -> torch.Tensor:
+        """The quantized node's output ``y`` on the float layer's scale (folded row powers of two taken out)."""
         return y if self.output_scale is None else y / self.output_scale
 
 
